@@ -1,0 +1,121 @@
+"""mgdd_jax.nets: FRePo ConvNet shapes, norms, determinism, and a NumPy reference forward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mgdd_jax import nets
+
+
+@pytest.mark.parametrize("norm", nets.NORMS)
+@pytest.mark.parametrize("double_width", [False, True])
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (9, 11, 2)])
+def test_shapes(norm, double_width, shape):
+    cfg = nets.ConvNetConfig(width=4, depth=3, double_width=double_width, norm=norm, num_classes=7)
+    variables = nets.init_feature_params(jax.random.key(0), shape, cfg)
+    x = jax.random.normal(jax.random.key(1), (5, *shape))
+    feats = jax.jit(nets.conv_features, static_argnums=2)(variables, x, cfg)
+    assert feats.shape == (5, cfg.feature_dim(shape))
+    assert feats.dtype == jnp.float32
+    _, logits = nets.ConvNet(cfg).apply(variables, x)
+    assert logits.shape == (5, 7)
+    assert ("batch_stats" in variables) == (norm == "batch")
+
+
+def test_widths_and_feature_dim():
+    assert nets.ConvNetConfig(width=8, double_width=True).widths() == (8, 16, 32)
+    assert nets.ConvNetConfig(width=8).widths() == (8, 8, 8)
+    # 32 -> 16 -> 8 -> 4: p = 4*4*128 = 2048 (FRePo at 32x32); 28 -> 14 -> 7 -> 4.
+    assert nets.ConvNetConfig(width=128).feature_dim((32, 32, 3)) == 2048
+    assert nets.ConvNetConfig(width=128).feature_dim((28, 28, 1)) == 2048
+
+
+def test_fresh_key_fresh_network():
+    cfg = nets.ConvNetConfig(width=4)
+    a = nets.init_feature_params(jax.random.key(0), (8, 8, 1), cfg)
+    b = nets.init_feature_params(jax.random.key(0), (8, 8, 1), cfg)
+    c = nets.init_feature_params(jax.random.key(1), (8, 8, 1), cfg)
+    same = jax.tree.leaves(jax.tree.map(lambda u, v: bool(jnp.all(u == v)), a, b))
+    assert all(same)
+    diff = jax.tree.leaves(jax.tree.map(lambda u, v: bool(jnp.all(u == v)), a, c))
+    assert not all(diff)
+
+
+def _np_conv_same(x, k, b):
+    """Independent NumPy 3x3 'SAME' cross-correlation, NHWC / HWIO."""
+    n, h, w, _ = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((n, h, w, k.shape[-1]))
+    for i in range(3):
+        for j in range(3):
+            out += np.einsum("nhwc,co->nhwo", xp[:, i : i + h, j : j + w], k[i, j])
+    return out + b
+
+
+def _np_avgpool_same(x):
+    n, h, w, c = x.shape
+    ho, wo = -(-h // 2), -(-w // 2)
+    out = np.zeros((n, ho, wo, c))
+    for i in range(ho):
+        for j in range(wo):
+            out[:, i, j] = x[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("norm", ["none", "instance"])
+def test_forward_matches_numpy(norm):
+    cfg = nets.ConvNetConfig(width=3, depth=2, norm=norm, num_classes=2)
+    shape = (6, 5, 2)
+    variables = nets.init_feature_params(jax.random.key(3), shape, cfg)
+    x = np.asarray(jax.random.normal(jax.random.key(4), (2, *shape)), np.float64)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+    h = x
+    for i in range(cfg.depth):
+        h = _np_conv_same(h, p[f"Conv_{i}"]["kernel"], p[f"Conv_{i}"]["bias"])
+        if norm == "instance":
+            mu = h.mean(axis=(1, 2), keepdims=True)
+            var = h.var(axis=(1, 2), keepdims=True)
+            nrm = p[f"InstanceNorm_{i}"]
+            h = (h - mu) / np.sqrt(var + 1e-6) * nrm["scale"] + nrm["bias"]
+        h = _np_avgpool_same(np.maximum(h, 0))
+    ref = h.reshape(2, -1)
+    got = nets.conv_features(variables, x.astype(np.float32), cfg)
+    # Odd sizes: border windows average only the pixels they cover (no padded zeros).
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_uses_batch_statistics():
+    cfg = nets.ConvNetConfig(width=4, norm="batch")
+    variables = nets.init_feature_params(jax.random.key(0), (8, 8, 1), cfg)
+    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
+    full = nets.conv_features(variables, x, cfg)
+    half = nets.conv_features(variables, x[:3], cfg)
+    assert not np.allclose(full[:3], half)  # batch statistics, by design
+    inst = nets.ConvNetConfig(width=4, norm="instance")
+    v2 = nets.init_feature_params(jax.random.key(0), (8, 8, 1), inst)
+    np.testing.assert_allclose(
+        nets.conv_features(v2, x, inst)[:3], nets.conv_features(v2, x[:3], inst), rtol=1e-5
+    )
+
+
+def test_random_features_same_key_same_theta():
+    cfg = nets.ConvNetConfig(width=4)
+    xs = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
+    xt = jax.random.normal(jax.random.key(2), (5, 8, 8, 1))
+    key = jax.random.key(7)
+    both = nets.random_features(key, jnp.concatenate([xs, xt]), cfg)
+    np.testing.assert_allclose(nets.random_features(key, xs, cfg), both[:3], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_config_and_input():
+    with pytest.raises(ValueError, match="norm must be one of"):
+        nets.ConvNetConfig(norm="group")
+    with pytest.raises(ValueError, match="width, depth"):
+        nets.ConvNetConfig(width=0)
+    with pytest.raises(ValueError, match="input_shape must be"):
+        nets.init_feature_params(jax.random.key(0), (8, 8), nets.ConvNetConfig())
+    cfg = nets.ConvNetConfig(width=2)
+    v = nets.init_feature_params(jax.random.key(0), (8, 8, 1), cfg)
+    with pytest.raises(ValueError, match="4-D NHWC"):
+        nets.conv_features(v, jnp.zeros((8, 8, 1)), cfg)
