@@ -206,9 +206,7 @@ class Dataset:
                 f"{self.x_test.shape[1:]}"
             )
         if len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{len(self.class_names)} class names for {self.num_classes} classes"
-            )
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         if self.preprocessing.channels != self.x_train.shape[-1]:
             raise ValueError("preprocessing channel count does not match the images")
 

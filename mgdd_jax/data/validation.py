@@ -108,7 +108,9 @@ def images_to_unit(x: np.ndarray, what: str) -> np.ndarray:
     if any(s == 0 for s in x.shape[1:]):
         raise ValueError(f"{what} has an empty image dimension: shape {x.shape}")
     if x.dtype == np.uint8:
-        return x.astype(np.float32) / np.float32(255.0)
+        unit = x.astype(np.float32)
+        unit /= np.float32(255.0)  # in place: no second full-size temporary
+        return unit
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(
             f"{what} must be uint8 (0..255) or float in [0, 1], got dtype {x.dtype}; "
@@ -130,8 +132,7 @@ def images_to_unit(x: np.ndarray, what: str) -> np.ndarray:
                 else "rescale it, e.g. (x - x.min()) / (x.max() - x.min())"
             )
             raise ValueError(
-                f"{what} has float pixels in [{lo:g}, {hi:g}] but floats must lie in "
-                f"[0, 1]; {hint}"
+                f"{what} has float pixels in [{lo:g}, {hi:g}] but floats must lie in [0, 1]; {hint}"
             )
     return x.astype(np.float32, copy=False)
 
