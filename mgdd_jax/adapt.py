@@ -133,7 +133,12 @@ def generator_krr_loss(
 
 
 def init_adapt_state(params: Any, config: AdaptConfig) -> dict[str, Any]:
-    """The loop state, a plain pytree: ``{"params", "opt_state", "step"}``."""
+    """The loop state, a plain pytree: ``{"params", "opt_state", "step"}``.
+
+    The parameters are copied: the step donates its state, and the caller's arrays (a meta
+    generator reused for several runs, say) must survive it.
+    """
+    params = jax.tree.map(jnp.copy, params)
     return {
         "params": params,
         "opt_state": make_optimizer(config).init(params),
@@ -173,7 +178,7 @@ def make_adapt_step(
             "opt_state": opt_state,
             "step": state["step"] + 1,
         }
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return step
 

@@ -1,0 +1,175 @@
+"""mgdd_jax.labels and mgdd_jax.adapt (Alg. 2) on tiny sizes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mgdd_jax import adapt, data, krr, labels, nets
+from mgdd_jax import generator as gen
+
+FEAT = nets.ConvNetConfig(width=4, norm="instance", num_classes=3)
+GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """3 classes of 8x8 grey images: a bright blob in a class-specific corner, plus noise."""
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        y = np.arange(n) % 3
+        x = rng.uniform(0, 0.3, size=(n, 8, 8))
+        for i, c in enumerate(y):
+            r, col = [(0, 0), (0, 4), (4, 2)][c]
+            x[i, r : r + 4, col : col + 4] += 0.6
+        return np.clip(x, 0, 1), y
+
+    xtr, ytr = make(90)
+    xte, yte = make(30)
+    path = str(tmp_path_factory.mktemp("tiny") / "tiny.npz")
+    np.savez(path, x_train=xtr.astype(np.float32), y_train=ytr, x_test=xte.astype(np.float32),
+             y_test=yte)
+    return data.load_dataset(f"npz:{path}")
+
+
+def test_label_model_equals_dual_solve(tiny_dataset):
+    ds = tiny_dataset
+    lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT, chunk_size=32)
+    xs = ds.x_train[:6]
+    got = labels.synthetic_labels(lm, xs, FEAT)
+    f = lambda x: nets.conv_features(lm.theta, x, FEAT)  # noqa: E731
+    ref = krr.solve_labels(f(xs), f(ds.x_train), krr.centred_onehot(ds.y_train, 3), form="dual")
+    np.testing.assert_allclose(got, ref, rtol=5e-3, atol=5e-4)
+    assert lm.num_train == 90
+
+
+def test_label_modes():
+    assert labels.resolve_label_mode("auto", 1) == "onehot"
+    assert labels.resolve_label_mode("auto", 10) == "analytic"
+    assert labels.resolve_label_mode("analytic", 1) == "analytic"
+    with pytest.raises(ValueError, match="label mode"):
+        labels.resolve_label_mode("soft", 10)
+
+
+def _batch(ds, n_t=24, ipc=2):
+    index = data.ClassIndex.from_labels(ds.y_train, 3)
+    t = np.asarray(data.balanced_batch_indices(jax.random.key(5), index, n_t))
+    s = np.asarray(data.class_balanced_indices(jax.random.key(6), index, ipc))
+    return {"x_t": ds.x_train[t], "l_t": ds.y_train[t], "x_s": ds.x_train[s],
+            "l_s": ds.y_train[s], "size": np.float32(ipc)}
+
+
+def test_one_step_lowers_loss_on_fixed_batch(tiny_dataset):
+    ds = tiny_dataset
+    lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)
+    cfg = adapt.AdaptConfig(steps=10, learning_rate=1e-2, batch_size=24, sizes=(2,), feature=FEAT)
+    params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
+    batch = _batch(ds)
+    theta_key = jax.random.key(7)
+
+    def loss_of(p):
+        y_s = labels.synthetic_labels(lm, batch["x_s"], FEAT)
+        return float(adapt.generator_krr_loss(
+            p, batch["x_s"], y_s, batch["x_t"], krr.centred_onehot(batch["l_t"], 3),
+            batch["size"], theta_key, generator=GEN, feature=FEAT, reg=cfg.reg))
+
+    step = adapt.make_adapt_step(GEN, cfg, 3)
+    state = adapt.init_adapt_state(params, cfg)
+    before = loss_of(params)
+    losses = []
+    for _ in range(3):  # same batch, same θ*: plain descent on one objective
+        state, metrics = step(state, theta_key, lm, batch, onehot=False)
+        losses.append(float(metrics["loss"]))
+    assert losses[0] == pytest.approx(before, rel=1e-5)
+    assert loss_of(state["params"]) < before
+    assert int(state["step"]) == 3
+
+
+@pytest.fixture
+def compile_events():
+    """A list that grows by one per XLA backend compilation while the test runs."""
+    events = []
+
+    def listener(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield events
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_adapt_loop_no_recompile_after_first_step(tiny_dataset, compile_events):
+    ds = tiny_dataset
+    lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)
+    params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
+    steps_seen = []
+    events = compile_events
+    counts = {}
+
+    def cb(step, p):
+        counts[step] = len(events)
+        steps_seen.append(step)
+
+    cfg = adapt.AdaptConfig(steps=6, batch_size=12, sizes=(2,), feature=FEAT)
+    res = adapt.adapt(jax.random.key(2), params, ds, lm, GEN, cfg, progress=False, log_every=1,
+                      callback=cb, callback_steps=(1, 6))
+    assert steps_seen == [1, 6]
+    assert counts[6] == counts[1], "the adapt step (or its sampling) recompiled after step 1"
+    assert len(res.history) == 6 and all(np.isfinite(h["loss"]) for h in res.history)
+    assert res.single_init[0].shape == (6, 8, 8, 1)
+    # The parameters moved away from the identity init.
+    assert float(jnp.abs(res.params["out"]["kernel"]).max()) > 0
+
+
+def test_multi_init_compiles_once_per_size(tiny_dataset, compile_events):
+    ds = tiny_dataset
+    lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)
+    params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
+    events = compile_events
+    counts = {}
+    cfg = adapt.AdaptConfig(steps=12, batch_size=12, init_mode="multi", sizes=(1, 3),
+                            feature=FEAT)
+    res = adapt.adapt(jax.random.key(2), params, ds, lm, GEN, cfg, progress=False,
+                      callback=lambda s, p: counts.__setitem__(s, len(events)),
+                      callback_steps=range(1, 13))
+    assert res.single_init is None
+    # After both sizes have been seen, nothing compiles any more.
+    assert counts[12] - counts[8] == 0
+    assert counts[12] - counts[1] <= 3  # second size: its step + its sampler
+
+
+def test_adapt_is_reproducible(tiny_dataset):
+    ds = tiny_dataset
+    lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)
+    params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
+    cfg = adapt.AdaptConfig(steps=3, batch_size=12, sizes=(2,), feature=FEAT,
+                            learning_rate=1e-2)
+    a = adapt.adapt(jax.random.key(3), params, ds, lm, GEN, cfg, progress=False)
+    b = adapt.adapt(jax.random.key(3), params, ds, lm, GEN, cfg, progress=False)
+    c = adapt.adapt(jax.random.key(4), params, ds, lm, GEN, cfg, progress=False)
+    same = jax.tree.leaves(jax.tree.map(lambda u, v: bool(jnp.all(u == v)), a.params, b.params))
+    assert all(same)
+    diff = jax.tree.leaves(jax.tree.map(lambda u, v: bool(jnp.all(u == v)), a.params, c.params))
+    assert not all(diff)
+
+
+def test_bad_adapt_inputs(tiny_dataset):
+    ds = tiny_dataset
+    with pytest.raises(ValueError, match="init_mode"):
+        adapt.AdaptConfig(init_mode="pool")
+    with pytest.raises(ValueError, match="sizes"):
+        adapt.AdaptConfig(sizes=())
+    with pytest.raises(ValueError, match="learning_rate"):
+        adapt.AdaptConfig(learning_rate=0.0)
+    lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)
+    params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
+    with pytest.raises(ValueError, match="IPC=31 is larger than"):
+        adapt.adapt(jax.random.key(0), params, ds, lm, GEN,
+                    adapt.AdaptConfig(steps=1, batch_size=12, sizes=(31,), feature=FEAT),
+                    progress=False)
+    with pytest.raises(ValueError, match="real batch per class"):
+        adapt.adapt(jax.random.key(0), params, ds, lm, GEN,
+                    adapt.AdaptConfig(steps=1, batch_size=1000, sizes=(2,), feature=FEAT),
+                    progress=False)

@@ -1,0 +1,125 @@
+"""mgdd_jax.generator: shapes, identity at init, size embedding, batch independence, adaptors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mgdd_jax import generator as gen
+
+TINY = dict(width=4, embed_dim=8, embed_channels=2)
+
+
+def perturbed(params, key, scale=0.1):
+    """Move every leaf off its init (the zero output conv included)."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    )
+
+
+@pytest.mark.parametrize(
+    "shape", [(28, 28, 1), (32, 32, 3), (27, 29, 3), (8, 8, 2), (5, 7, 1)]
+)
+def test_shapes_any_resolution_and_channels(shape):
+    cfg = gen.GeneratorConfig(**TINY, image_channels=shape[-1])
+    params = perturbed(gen.init_generator(jax.random.key(0), shape, cfg), jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (3, *shape))
+    y = gen.apply_generator(params, x, 10, cfg)
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(y)))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_fresh_generator_is_identity(channels):
+    cfg = gen.GeneratorConfig(**TINY, image_channels=channels)
+    params = gen.init_generator(jax.random.key(0), (12, 12, channels), cfg)
+    x = jax.random.normal(jax.random.key(1), (4, 12, 12, channels))
+    for size in (1, 10, 50):
+        np.testing.assert_array_equal(gen.apply_generator(params, x, size, cfg), x)
+
+
+def test_identity_at_init_still_trains_every_layer():
+    """Zero-init output conv: step one moves it, and from step two all layers get gradient."""
+    cfg = gen.GeneratorConfig(**TINY, image_channels=1)
+    params = gen.init_generator(jax.random.key(0), (8, 8, 1), cfg)
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+    target = jax.random.normal(jax.random.key(2), x.shape)
+
+    def loss(p):
+        return jnp.mean((gen.apply_generator(p, x, 10, cfg) - target) ** 2)
+
+    g1 = jax.grad(loss)(params)
+    assert float(jnp.abs(g1["out"]["kernel"]).max()) > 0
+    params = jax.tree.map(lambda p, g: p - 0.1 * g, params, g1)
+    g2 = jax.grad(loss)(params)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(g2):
+        assert float(jnp.abs(leaf).max()) > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+
+
+def test_size_embedding_changes_output():
+    cfg = gen.GeneratorConfig(**TINY, image_channels=3)
+    params = perturbed(gen.init_generator(jax.random.key(0), (8, 8, 3), cfg), jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
+    y1, y10, y10b = (gen.apply_generator(params, x, s, cfg) for s in (1, 10, 10))
+    np.testing.assert_array_equal(y10, y10b)
+    assert float(jnp.abs(y1 - y10).max()) > 1e-4
+
+
+def test_size_encoding_matches_formula():
+    enc = np.asarray(gen.size_encoding(jnp.array([3.0, 50.0]), 8))
+    freqs = np.exp(-math.log(10_000.0) * np.arange(4) / 4)
+    for row, s in zip(enc, (3.0, 50.0)):
+        np.testing.assert_allclose(row, np.concatenate([np.sin(s * freqs), np.cos(s * freqs)]),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_batch_independence_at_generation():
+    cfg = gen.GeneratorConfig(**TINY, image_channels=1)
+    params = perturbed(gen.init_generator(jax.random.key(0), (10, 10, 1), cfg), jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (7, 10, 10, 1))
+    full = gen.generate(params, x, 10, cfg)
+    alone = gen.generate(params, x[3:4], 10, cfg)
+    other = gen.generate(params, jnp.concatenate([x[3:4], -x[:3] * 5]), 10, cfg)
+    chunked = gen.generate(params, x, 10, cfg, batch_size=3)
+    np.testing.assert_allclose(full[3:4], alone, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(full[3:4], other[:1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(full, chunked, rtol=1e-5, atol=1e-5)
+
+
+def test_adaptors_start_as_replicate_and_average():
+    cfg = gen.GeneratorConfig(**TINY, image_channels=1)
+    params = gen.init_generator(jax.random.key(0), (8, 8, 1), cfg)
+    np.testing.assert_array_equal(params["adaptor_in"]["kernel"].reshape(1, 3), np.ones((1, 3)))
+    np.testing.assert_allclose(params["adaptor_out"]["kernel"].reshape(3, 1), np.full((3, 1), 1 / 3))
+    rgb = gen.GeneratorConfig(**TINY, image_channels=3)
+    assert "adaptor_in" not in gen.init_generator(jax.random.key(0), (8, 8, 3), rgb)
+
+
+def test_core_params_shared_between_channel_counts():
+    """A core trained on RGB plugs into a grey generator: same tree minus the adaptors."""
+    rgb = gen.init_generator(jax.random.key(0), (8, 8, 3), gen.GeneratorConfig(**TINY))
+    grey = gen.init_generator(jax.random.key(0), (8, 8, 1),
+                              gen.GeneratorConfig(**TINY, image_channels=1))
+    core = {k: v for k, v in grey.items() if not k.startswith("adaptor")}
+    assert jax.tree.structure(core) == jax.tree.structure(rgb)
+
+
+def test_bad_inputs():
+    cfg = gen.GeneratorConfig(**TINY, image_channels=3)
+    params = gen.init_generator(jax.random.key(0), (8, 8, 3), cfg)
+    with pytest.raises(ValueError, match="channels"):
+        gen.apply_generator(params, jnp.zeros((2, 8, 8, 1)), 10, cfg)
+    with pytest.raises(ValueError, match="4-D NHWC"):
+        gen.apply_generator(params, jnp.zeros((8, 8, 3)), 10, cfg)
+    with pytest.raises(ValueError, match="ipc must be positive"):
+        gen.generate(params, jnp.zeros((2, 8, 8, 3)), 0, cfg)
+    with pytest.raises(ValueError, match="norm"):
+        gen.GeneratorConfig(norm="batch")
+    with pytest.raises(ValueError, match="even"):
+        gen.GeneratorConfig(embed_dim=7)
+    with pytest.raises(ValueError, match="image_shape"):
+        gen.init_generator(jax.random.key(0), (8, 8), cfg)
