@@ -1,0 +1,169 @@
+"""The distill main job end to end (tiny), its outputs, and every bad input it must refuse."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import distill
+from experiments.configs import distill as distill_config
+from mgdd_jax import checkpoint, data
+from mgdd_jax import generator as gen_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke(**overrides):
+    c = distill_config.get_config("smoke")
+    c.dataset = "fashion_mnist"
+    c.ipc = "1,2"
+    c.adapt.batch_size = 20
+    for k, v in overrides.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    metrics = distill.run(smoke(out=str(out)))
+    return out, metrics
+
+
+def test_end_to_end_outputs(finished_run):
+    out, metrics = finished_run
+    names = set(os.listdir(out))
+    assert {"ipc1.npz", "ipc2.npz", "samples_ipc1.png", "samples_ipc2.png", "metrics.json",
+            "config.json", "adapt_history.json", "generator"} <= names
+    assert not [n for n in names if n.startswith(".tmp-")]  # nothing half written
+    on_disk = json.load(open(out / "metrics.json"))
+    for ipc in ("1", "2"):
+        r = on_disk["results"][ipc]
+        assert 0.0 <= r["eval"]["mean"] <= 1.0 and len(r["eval"]["per_seed"]) == 2
+        assert r["generation_ms"] > 0
+        assert "random_real_baseline" in r
+    assert on_disk["results"]["1"]["label_mode"] == "onehot"  # paper default at IPC 1
+    assert on_disk["results"]["2"]["label_mode"] == "analytic"
+    for k in ("label_solve_s", "adaptation_s", "adaptation_s_per_step", "total_s"):
+        assert on_disk["timing"][k] > 0
+    assert on_disk["adapt"]["init_mode"] == "multi"  # two IPCs -> multi-initialisation
+
+    z = np.load(out / "ipc2.npz")
+    assert z["images"].shape == (20, 28, 28, 1) and z["labels"].shape == (20, 10)
+    assert np.all(np.isfinite(z["images"]))
+    meta = json.loads(str(z["metadata"]))
+    assert meta["dataset"]["name"] == "fashion_mnist" and meta["ipc"] == 2
+    assert meta["eval_protocol"]["num_seeds"] == 2
+    pre = data.Preprocessing.from_arrays(z)  # preprocessing travels with the set
+    assert pre.mean.shape == (1,)
+
+
+def test_generate_more_ipcs_later_with_zero_steps(finished_run, tmp_path):
+    out, _ = finished_run
+    c = smoke(out=str(tmp_path / "later"), ipc="3", meta_checkpoint=str(out / "generator"))
+    c.adapt.steps = 0
+    c.eval.enabled = False
+    metrics = distill.run(c)
+    z = np.load(tmp_path / "later" / "ipc3.npz")
+    assert z["images"].shape == (30, 28, 28, 1)
+    assert metrics["started_from"] == str(out / "generator")
+    # The adapted generator was loaded, not a fresh one: output differs from the input.
+    assert metrics["results"]["3"]["mean_abs_change"] > 0
+
+
+def test_checkpoint_round_trip(finished_run):
+    out, _ = finished_run
+    cfg = gen_lib.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
+    params, meta = checkpoint.load_generator(str(out / "generator"), cfg, (28, 28, 1))
+    assert meta["info"]["kind"] == "adapted"
+    assert meta["info"]["dataset"] == "fashion_mnist"
+    assert float(np.abs(np.asarray(params["out"]["kernel"])).max()) > 0
+
+
+# ----------------------------------------------------------------- bad input, before any work
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"ipc": "0"}, "every IPC must be >= 1"),
+        ({"ipc": "ten"}, "comma list of integers"),
+        ({"ipc": ""}, "--ipc is empty"),
+        ({"ipc": "7000"}, "IPC=7000 is larger than"),
+        ({"dataset": "imagenet"}, "imagenet"),
+        ({"out": ""}, "--out is required"),
+        ({"meta_checkpoint": "/nonexistent/ckpt"}, "no generator checkpoint"),
+        ({"eval.protocol": "fast"}, "unknown evaluation protocol"),
+        ({"adapt.init_mode": "pool"}, "init_mode"),
+        ({"adapt.batch_size": 100000}, "real batch per class"),
+    ],
+)
+def test_bad_input_is_refused_before_work(tmp_path, monkeypatch, overrides, match):
+    calls = []
+    monkeypatch.setattr(distill.labels, "fit_label_model", lambda *a, **k: calls.append(1))
+    c = smoke(**{"out": str(tmp_path / "o"), **overrides})
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        distill.run(c)
+    assert not calls  # no label solve, no adaptation
+    if os.path.isdir(tmp_path / "o"):
+        assert os.listdir(tmp_path / "o") == []
+
+
+def test_unwritable_out_dir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user that ignores directory permissions")
+        with pytest.raises(ValueError, match="not writable"):
+            distill.run(smoke(out=str(locked / "x")))
+    finally:
+        locked.chmod(0o700)
+
+
+def test_out_dir_that_cannot_be_created(tmp_path):
+    """Works as root too: no permission bit lets a directory be made under a regular file."""
+    f = tmp_path / "plain-file"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="not writable"):
+        distill.run(smoke(out=str(f / "results")))
+
+
+def test_out_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        distill.run(smoke(out=str(f)))
+
+
+def test_incompatible_checkpoint(finished_run, tmp_path):
+    out, _ = finished_run
+    c = smoke(out=str(tmp_path / "o"), meta_checkpoint=str(out / "generator"))
+    c.generator.width = 8
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="generator.width=4"):
+        distill.run(c)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.distill",
+           "--config=experiments/configs/distill.py:smoke", "--dataset=no_such_set",
+           f"--out={tmp_path / 'o'}"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert "error:" in p.stderr and "no_such_set" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_cli_rejects_misspelled_override(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.distill",
+           "--config=experiments/configs/distill.py:smoke", "--config.adapt.stepz=3",
+           f"--out={tmp_path / 'o'}"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "stepz" in p.stderr
