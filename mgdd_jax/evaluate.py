@@ -71,17 +71,8 @@ FREPO_STEPS_TABLE: tuple[tuple[int, int], ...] = (
     (5000, 40000),
 )
 
-# The "cpu" protocol: FRePo's table with every entry divided by 4 and capped at 2000 steps.
-CPU_STEPS_TABLE: tuple[tuple[int, int], ...] = (
-    (10, 250),
-    (100, 500),
-    (200, 2000),
-    (400, 1250),
-    (500, 1250),
-    (1000, 2000),
-    (2000, 2000),
-    (5000, 2000),
-)
+# The "cpu" protocol's table: FRePo's steps capped at 2000 (1000 up to 10 images, 2000 above).
+CPU_STEPS_TABLE: tuple[tuple[int, int], ...] = ((10, 1000), (100, 2000))
 
 # Traces of the train step, for tests and diagnostics: one per new (protocol, shape).
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
@@ -237,9 +228,13 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     "frepo": EvalProtocol(name="frepo"),
     # The same for MNIST-like data (FRePo's use_flip=False).
     "frepo_noflip": EvalProtocol(name="frepo_noflip", augment=augment_lib.FREPO_STRATEGY_NO_FLIP),
-    # CPU-affordable: width 32 (about 10x fewer FLOPs per step than 128 at 32x32) and a quarter
-    # of FRePo's steps, capped at 2000; warm-up shortened in proportion. Everything else equal.
-    "cpu": EvalProtocol(name="cpu", width=32, warmup_steps=125, steps_table=CPU_STEPS_TABLE),
+    # CPU-affordable: width 32 and FRePo's steps capped at 2000; everything else as "frepo".
+    # On this 2-core CPU a width-32 step costs ~0.4 ms per image in the batch (28x28x1 and
+    # 32x32x3) against ~3.5 ms at width 128, and 10k test images take <1 s. Measured on
+    # Fashion-MNIST random real images (standardised, 3 seeds, GPU): IPC 1 44.8 vs 49.6 (frepo),
+    # IPC 10 75.0 vs 75.5, IPC 50 80.2 vs 82.3: lower, most at IPC 1 (width), so "cpu" numbers
+    # are for comparing methods with each other, not with published FRePo / MGDD numbers.
+    "cpu": EvalProtocol(name="cpu", width=32, steps_table=CPU_STEPS_TABLE),
 }
 
 
