@@ -63,7 +63,7 @@ CUTOUT_FRACTION = 4  # hole side = size // 4
 def parse_strategy(strategy: str) -> tuple[str, ...]:
     """Operation names of an ``"_"``-joined strategy; ``""`` or ``"none"`` gives ``()``."""
     if not isinstance(strategy, str):
-        raise ValueError(f"augmentation strategy must be a string, got {strategy!r}")
+        raise TypeError(f"augmentation strategy must be a string, got {strategy!r}")
     if strategy in ("", NO_AUGMENT):
         return ()
     ops = tuple(strategy.split("_"))
@@ -118,7 +118,9 @@ def _affine(image: jax.Array, matrix: jax.Array, offset: jax.Array) -> jax.Array
     h, w = image.shape[0], image.shape[1]
     centre = jnp.array([(h - 1) / 2, (w - 1) / 2], jnp.float32)
     grid = jnp.stack(
-        jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"),
+        jnp.meshgrid(
+            jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+        ),
         axis=-1,
     )  # (H, W, 2) as (row, col)
     src = (grid - centre) @ matrix.T + offset + centre
@@ -167,14 +169,18 @@ def crop_image(
     return _affine(image, jnp.eye(2) / zoom, shift / zoom)
 
 
-def rotate_image(key: chex.PRNGKey, image: jax.Array, max_degrees: float = MAX_DEGREES) -> jax.Array:
+def rotate_image(
+    key: chex.PRNGKey, image: jax.Array, max_degrees: float = MAX_DEGREES
+) -> jax.Array:
     """Rotation by an angle drawn from ``U(-max_degrees, max_degrees)`` about the centre."""
     theta = jnp.deg2rad(jax.random.uniform(key, (), minval=-max_degrees, maxval=max_degrees))
     c, s = jnp.cos(theta), jnp.sin(theta)
     return _affine(image, jnp.array([[c, s], [-s, c]]), jnp.zeros(2))
 
 
-def translate_image(key: chex.PRNGKey, image: jax.Array, ratio: float = TRANSLATE_RATIO) -> jax.Array:
+def translate_image(
+    key: chex.PRNGKey, image: jax.Array, ratio: float = TRANSLATE_RATIO
+) -> jax.Array:
     """Sub-pixel shift by up to ``ratio`` of the height / width in each direction."""
     h, w = image.shape[0], image.shape[1]
     limits = jnp.array([h * ratio, w * ratio], jnp.float32)

@@ -2,9 +2,10 @@
 
 This is the evaluation of MGDD Sec. 4 ("for each setting, we report mean and standard
 deviation over the accuracy of 3 networks initialized from scratch"), which follows FRePo's
-protocol (Zhou et al., 2022; ``script/eval.py``, ``lib/datadistillation/frepo.py::proto_evaluate``,
-``lib/training/{utils,metrics}.py`` and ``lib/dataset/augmax/export.py`` in
-github.com/yongchaoz/FRePo). FRePo's values, and what we do with each:
+protocol (Zhou et al., 2022; ``script/eval.py``,
+``lib/datadistillation/frepo.py::proto_evaluate``, ``lib/training/{utils,metrics}.py`` and
+``lib/dataset/augmax/export.py`` in github.com/yongchaoz/FRePo). FRePo's values, and what we
+do with each:
 
 * Network: the 3-block ConvNet of width 128 *without normalisation* (``eval.py`` maps
   ``normalization='batch'`` to ``'identity'``).
@@ -34,6 +35,8 @@ github.com/yongchaoz/FRePo). FRePo's values, and what we do with each:
 * Evaluation: the final weights (no EMA), test batch 1000, full test split. FRePo ran 5
   networks (``num_eval=5``); MGDD reports 3, our default. ``std`` is the population standard
   deviation (``np.std``, ``ddof=0``), as FRePo computed it. Accuracies are fractions in [0, 1].
+* Preprocessing is the caller's: test images must be preprocessed exactly like the synthetic
+  ones (FRePo: ZCA for every data set except MNIST / Fashion-MNIST).
 
 Every result carries ``protocol.to_dict()``, so a number can always be traced to the protocol
 that produced it.
@@ -58,6 +61,7 @@ import optax
 
 from mgdd_jax import augment as augment_lib
 from mgdd_jax import krr, nets
+from mgdd_jax.progress import format_seconds
 
 # FRePo script/eval.py: number of images -> training steps.
 FREPO_STEPS_TABLE: tuple[tuple[int, int], ...] = (
@@ -254,7 +258,7 @@ def _resolve(protocol: EvalProtocol | str) -> EvalProtocol:
     if isinstance(protocol, str):
         return get_protocol(protocol)
     if not isinstance(protocol, EvalProtocol):
-        raise ValueError(f"protocol must be an EvalProtocol or a name, got {type(protocol)}")
+        raise TypeError(f"protocol must be an EvalProtocol or a name, got {type(protocol)}")
     return protocol
 
 
@@ -288,9 +292,7 @@ def _syn_labels(y: Any, n: int, num_classes: int | None) -> tuple[jax.Array, int
     """Soft ``(n, C)`` float labels (kept) or ``(n,)`` class ids (-> centred one-hot)."""
     shape = getattr(y, "shape", None)
     if shape is None or len(shape) not in (1, 2):
-        raise ValueError(
-            f"y_syn must be (n, C) soft labels or (n,) class ids, got shape {shape}."
-        )
+        raise ValueError(f"y_syn must be (n, C) soft labels or (n,) class ids, got shape {shape}.")
     if shape[0] != n:
         raise ValueError(f"x_syn has {n} images but y_syn has {shape[0]} labels.")
     y = np.asarray(y)
@@ -320,7 +322,9 @@ def _test_labels(y: Any, n: int, num_classes: int) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 2:
         if y.shape[1] != num_classes:
-            raise ValueError(f"y_test has {y.shape[1]} columns but there are {num_classes} classes.")
+            raise ValueError(
+                f"y_test has {y.shape[1]} columns but there are {num_classes} classes."
+            )
         return np.argmax(y, axis=1)
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"1-D y_test must be integer class ids, got {y.dtype}.")
@@ -332,7 +336,9 @@ def _test_labels(y: Any, n: int, num_classes: int) -> np.ndarray:
     return y
 
 
-def _check_syn(x_syn: Any, y_syn: Any, num_classes: int | None) -> tuple[np.ndarray, jax.Array, int]:
+def _check_syn(
+    x_syn: Any, y_syn: Any, num_classes: int | None
+) -> tuple[np.ndarray, jax.Array, int]:
     x = _check_images(x_syn, "x_syn")
     y, c = _syn_labels(y_syn, x.shape[0], num_classes)
     return x, y, c
@@ -400,11 +406,6 @@ def _build_train_step(
     return jax.jit(step_fn, donate_argnums=0)
 
 
-def _format_seconds(s: float) -> str:
-    s = max(0, int(round(s)))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def print_progress(prefix: str = "") -> Callable[[dict[str, Any]], None]:
     """A progress callback that prints one line to stderr per call."""
 
@@ -412,7 +413,7 @@ def print_progress(prefix: str = "") -> Callable[[dict[str, Any]], None]:
         print(
             f"{prefix}step {info['step']}/{info['steps']}  loss {info['loss']:.4g}  "
             f"lr {info['learning_rate']:.2e}  {info['steps_per_second']:.1f} step/s  "
-            f"ETA {_format_seconds(info['eta_seconds'])}",
+            f"ETA {format_seconds(info['eta_seconds'])}",
             file=sys.stderr,
             flush=True,
         )
@@ -449,6 +450,12 @@ def train_on_synthetic(
 
     Raises:
       ValueError: bad input, or a non-finite loss (with the step at which it appeared).
+
+    The step function is jitted once per (protocol, classes, set size) and donates the state
+    ``{"params", "opt_state", "step"}`` (+ ``"batch_stats"`` for batch norm). Mean losses reach
+    the host only at logging steps (every ~10%); besides that, each step's scalar loss is
+    checked for finiteness while the *next* step runs, so the loop never waits on the step it
+    has just dispatched and a NaN / inf stops training at once with its step number.
     """
     protocol = _resolve(protocol)
     x, y, c = _check_syn(x_syn, y_syn, num_classes)

@@ -14,7 +14,8 @@ import jax
 import numpy as np
 
 
-def _fmt_seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
+    """Compact duration: ``4.2s``, ``3m07s``, ``1h05m``."""
     s = max(0.0, s)
     if s < 60:
         return f"{s:4.1f}s"
@@ -72,9 +73,9 @@ class Progress:
         filled = int(round(frac * self.width))
         bar = "#" * filled + "." * (self.width - filled)
         mets = "  ".join(f"{k}={v:.4g}" for k, v in self.last_metrics.items())
-        eta_s = _fmt_seconds(eta) if step else "  ?  "
+        eta_s = format_seconds(eta) if step else "  ?  "
         print(f"{self.name} [{bar}] {step}/{self.total}  {mets}  "
-              f"{_fmt_seconds(elapsed)} elapsed, ETA {eta_s}",
+              f"{format_seconds(elapsed)} elapsed, ETA {eta_s}",
               file=self.stream, flush=True)
 
     def close(self) -> float:

@@ -114,8 +114,15 @@ def test_full_path_subsets_augmentation_batchnorm(problem):
     """Random batches (batch < n), FRePo's augmentation and batch norm run end to end."""
     xs, ys, xt, yt = problem
     proto = evaluate.EvalProtocol(
-        width=4, norm="batch", steps=6, warmup_steps=2, batch_size=8,
-        augment=augment.FREPO_STRATEGY, weight_decay=1e-3, num_seeds=1, test_batch_size=128,
+        width=4,
+        norm="batch",
+        steps=6,
+        warmup_steps=2,
+        batch_size=8,
+        augment=augment.FREPO_STRATEGY,
+        weight_decay=1e-3,
+        num_seeds=1,
+        test_batch_size=128,
     )
     variables, metrics = evaluate.train_on_synthetic(jax.random.key(0), xs, ys, proto)
     assert metrics["batch_size"] == 8 and metrics["steps"] == 6
@@ -163,16 +170,22 @@ def test_mean_std_from_per_seed_and_json(separable):
 
 
 def test_seeds_differ_same_seed_reproducible(problem):
-    xs, ys, xt, yt = problem
+    xs, ys, _, _ = problem
     proto = dataclasses.replace(TINY, num_seeds=3, steps=10)
     # A noisy test set keeps accuracy off 100% so that networks can differ on it.
     xt_noisy, yt_noisy = _bright_dark(jax.random.key(9), N_TEST, noise=4.0)
-    a = evaluate.evaluate_synthetic(jax.random.key(0), xs, ys, xt_noisy, yt_noisy, proto, progress=False)
-    b = evaluate.evaluate_synthetic(jax.random.key(0), xs, ys, xt_noisy, yt_noisy, proto, progress=False)
+    a = evaluate.evaluate_synthetic(
+        jax.random.key(0), xs, ys, xt_noisy, yt_noisy, proto, progress=False
+    )
+    b = evaluate.evaluate_synthetic(
+        jax.random.key(0), xs, ys, xt_noisy, yt_noisy, proto, progress=False
+    )
     assert a["per_seed"] == b["per_seed"] and a["final_losses"] == b["final_losses"]
     assert len(set(a["final_losses"])) == 3
     assert len(set(a["per_seed"])) > 1, a["per_seed"]
-    c = evaluate.evaluate_synthetic(jax.random.key(1), xs, ys, xt_noisy, yt_noisy, proto, progress=False)
+    c = evaluate.evaluate_synthetic(
+        jax.random.key(1), xs, ys, xt_noisy, yt_noisy, proto, progress=False
+    )
     assert c["final_losses"] != a["final_losses"]
 
 
@@ -186,7 +199,7 @@ def test_train_step_compiles_once_per_run(separable, problem):
 
 
 def test_nonfinite_loss_raises_with_step(problem):
-    xs, ys, _, _ = problem
+    xs, _, _, _ = problem
     huge = np.full((N_SYN, 2), 1e30, np.float32)  # (logits - 1e30)^2 overflows float32
     with pytest.raises(ValueError, match=r"non-finite training loss .* at step 0 of 40"):
         evaluate.train_on_synthetic(jax.random.key(0), xs, huge, TINY)
@@ -294,7 +307,7 @@ def test_protocol_rejects_bad_values(changes):
 
 
 def test_weight_decay_is_decoupled_and_kernel_only():
-    """weight_decay > 0 really decays (unlike optax.adam(weight_decay=...) in FRePo), kernels only."""
+    """weight_decay > 0 decays kernels only (FRePo's 'adam' branch ignored its weight_decay)."""
     params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
     zeros = jax.tree.map(jnp.zeros_like, params)
     proto = dataclasses.replace(TINY, weight_decay=0.1, warmup_steps=0)
@@ -347,9 +360,19 @@ def _bad_cases(xs, ys, xt, yt):
 @pytest.mark.parametrize(
     "case",
     [
-        "x_syn not 4-D", "label count", "soft label count", "NaN pixels", "NaN labels",
-        "empty set", "test size", "test channels", "test not 4-D", "test label count",
-        "test label range", "uint8 test images", "float 1-D labels",
+        "x_syn not 4-D",
+        "label count",
+        "soft label count",
+        "NaN pixels",
+        "NaN labels",
+        "empty set",
+        "test size",
+        "test channels",
+        "test not 4-D",
+        "test label count",
+        "test label range",
+        "uint8 test images",
+        "float 1-D labels",
     ],
 )
 def test_bad_input_raises_before_training(case, problem, no_training):
@@ -443,7 +466,11 @@ def test_flip_and_cutout_exact():
         flipped = np.asarray(JIT["flip"](jax.random.key(key), x))
         for f, o in zip(flipped, xn):
             kinds.add(
-                "same" if np.array_equal(f, o) else "mirror" if np.array_equal(f, o[:, ::-1]) else "other"
+                "same"
+                if np.array_equal(f, o)
+                else "mirror"
+                if np.array_equal(f, o[:, ::-1])
+                else "other"
             )
     assert kinds == {"same", "mirror"}
     cut = np.asarray(JIT["cutout"](jax.random.key(0), x))

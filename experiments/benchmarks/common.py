@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
+
+from mgdd_jax import outputs
 
 
 def time_fn(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> dict[str, float]:
@@ -43,16 +43,5 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    """Write JSON to a temp file in the same folder, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomic JSON (temp file + rename), via the library's writer."""
+    outputs.write_json(path, payload)
