@@ -266,7 +266,12 @@ def solve_labels_from_stats(
 
 
 def krr_predict(
-    feat_s: chex.Array, y_s: chex.Array, feat_q: chex.Array, reg: float = DEFAULT_REG
+    feat_s: chex.Array,
+    y_s: chex.Array,
+    feat_q: chex.Array,
+    reg: float = DEFAULT_REG,
+    *,
+    support_mask: chex.Array | None = None,
 ) -> jax.Array:
     """Predictions of the KRR classifier fitted on the synthetic set.
 
@@ -278,6 +283,11 @@ def krr_predict(
       y_s: synthetic labels ``(n_s, C)``.
       feat_q: query features ``(n_q, p)`` (e.g. the real batch, or test images).
       reg: relative ridge.
+      support_mask: optional ``(n_s,)`` 0/1 weights marking the real rows of a padded
+        support set. Masked rows are zeroed in ``F_s`` and ``Y_s``; the padded block of
+        ``K_ss + lam I`` is then ``lam I`` and its coefficients are 0, so the result equals the
+        unpadded one exactly, with ``n_s`` = the number of unmasked rows in the ridge. This is
+        how varying synthetic-set sizes share one compiled shape.
 
     Returns:
       ``(n_q, C)`` predictions.
@@ -291,6 +301,11 @@ def krr_predict(
             "both must come from the same network."
         )
     n_s = feat_s.shape[0]
+    if support_mask is not None:
+        chex.assert_shape(support_mask, (n_s,))
+        mask = support_mask.astype(feat_s.dtype)
+        feat_s, y_s = feat_s * mask[:, None], y_s * mask[:, None]
+        n_s = jnp.maximum(jnp.sum(mask), 1.0)
     k_ss = feat_s @ feat_s.T
     alpha = _ridge_solve(k_ss, y_s, _ridge(k_ss, n_s, reg))
     return (feat_q @ feat_s.T) @ alpha
@@ -302,6 +317,8 @@ def krr_loss(
     feat_t: chex.Array,
     y_t: chex.Array,
     reg: float = DEFAULT_REG,
+    *,
+    support_mask: chex.Array | None = None,
 ) -> jax.Array:
     """The MGDD / FRePo objective, Eq. 1.
 
@@ -315,6 +332,8 @@ def krr_loss(
       feat_t: real features ``(n_t, p)`` under the same θ*.
       y_t: real labels ``(n_t, C)`` (centred one-hot).
       reg: relative ridge.
+      support_mask: optional ``(n_s,)`` mask of a padded support set (see
+        :func:`krr_predict`); the loss equals the unpadded set's.
 
     Returns:
       Scalar loss.
@@ -325,5 +344,5 @@ def krr_loss(
     _check_pair("feat_t", feat_t, "y_t", y_t)
     if y_t.shape[1] != y_s.shape[-1]:
         raise ValueError(f"y_s has {y_s.shape[-1]} classes but y_t has {y_t.shape[1]}")
-    pred = krr_predict(feat_s, y_s, feat_t, reg)
+    pred = krr_predict(feat_s, y_s, feat_t, reg, support_mask=support_mask)
     return 0.5 * jnp.mean(jnp.sum((pred - y_t) ** 2, axis=-1))

@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
-  $SUDO apt-get install -y dataset-fashion-mnist \
-    || { $SUDO apt-get update && $SUDO apt-get install -y dataset-fashion-mnist; }
+# Real Fashion-MNIST files for the loader tests; fonts for the glyph corpus tests.
+PKGS="dataset-fashion-mnist fonts-dejavu-core"
+if ! dpkg -s $PKGS >/dev/null 2>&1; then
+  $SUDO apt-get install -y $PKGS || { $SUDO apt-get update && $SUDO apt-get install -y $PKGS; }
 fi
 python -m pip install --quiet -e ".[dev,tfds]"
 python -m pytest -q -n 2 "$@"

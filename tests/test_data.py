@@ -394,7 +394,10 @@ def test_unknown_dataset_lists_options():
         data.load_dataset("cifar10")
     for option in ("digits", "fashion_mnist", "tfds:", "npz:"):
         assert option in str(info.value)
-    assert data.available_datasets() == ["digits", "fashion_mnist", "npz:PATH", "tfds:NAME"]
+    assert data.available_datasets() == [
+        "digits", "fashion_mnist", "glyphs", "glyphs:classes=C,per_class=N", "npz:PATH",
+        "tfds:NAME",
+    ]
 
 
 # ---------------------------------------------------------------------------

@@ -138,6 +138,21 @@ def test_krr_loss_and_predict_match_numpy(rng, n_s):
     np.testing.assert_allclose(pred, np_predict(fs, ys, ft, 1e-2), rtol=3e-3, atol=3e-4)
 
 
+def test_padded_support_with_mask_equals_unpadded(rng):
+    fs, ft = relu_features(rng, 6, 20), relu_features(rng, 30, 20)
+    ys = rng.normal(size=(6, 3)).astype(np.float32)
+    yt = np_centred_onehot(rng.integers(0, 3, 30), 3).astype(np.float32)
+    pad_f = np.concatenate([fs, relu_features(rng, 4, 20) * 7.0])  # junk rows, masked out
+    pad_y = np.concatenate([ys, rng.normal(size=(4, 3)).astype(np.float32)])
+    mask = np.array([1] * 6 + [0] * 4, np.float32)
+    got = jax.jit(krr.krr_loss)(pad_f, pad_y, ft, yt, 1e-2, support_mask=mask)
+    np.testing.assert_allclose(got, np_loss(fs, ys, ft, yt, 1e-2), rtol=2e-3)
+    g = jax.grad(krr.krr_loss)(pad_f, pad_y, ft, yt, 1e-2, support_mask=mask)
+    np.testing.assert_array_equal(np.asarray(g)[6:], 0.0)  # padding gets no gradient
+    unmasked = krr.krr_loss(pad_f, pad_y, ft, yt, 1e-2)
+    assert abs(float(unmasked) - float(got)) > 1e-3  # the mask is what makes them equal
+
+
 def test_krr_loss_zero_when_support_is_target(rng):
     """Sanity of the reference itself: a tiny ridge on support == target fits exactly."""
     f = relu_features(rng, 6, 30)

@@ -19,8 +19,9 @@ Pipeline:
    maps it, drops empty renderings and the font's missing-glyph box, merges
    characters whose cropped renderings are byte-identical in some font (e.g.
    Latin ``A``, Greek ``Α`` and Cyrillic ``А``: after centring they would be
-   indistinguishable classes), and keeps the characters drawn by at least
-   ``min_fonts`` fonts.
+   indistinguishable classes), keeps the characters drawn by at least
+   ``min_fonts`` fonts, and drops the few drawn like a digit (Cyrillic ``З``
+   is a ``3`` in DejaVu Sans Mono).
 3. :func:`choose_classes` takes a key-based random subset, sorted by codepoint.
 4. :func:`render_glyph_corpus` renders grey coverage masks (uint8, 1 channel).
 5. :func:`save_corpus` / :func:`load_corpus` store them in a compressed
@@ -60,13 +61,13 @@ import jax
 import numpy as np
 
 from mgdd_jax.data.errors import DatasetNotFoundError
+from mgdd_jax.data.preprocess import resolve_cache_dir
 from mgdd_jax.data.sources import RawData
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FONT_DIRS: tuple[str, ...] = ("/usr/share/fonts",)
 FONT_SUFFIXES: tuple[str, ...] = (".ttf", ".otf")
-CACHE_ENV_VAR = "MGDD_JAX_CACHE"
 CACHE_SUBDIR = "glyphs"
 
 DEFAULT_NUM_CLASSES = 1000
@@ -90,6 +91,13 @@ EXCLUDED_CATEGORY_PREFIXES = ("N", "Z", "C", "M")
 # Within one font, more than this many codepoints sharing one rendering are a
 # placeholder glyph (a font drawing a box for whole blocks), not homoglyphs.
 _MAX_HOMOGLYPH_GROUP = 16
+# A character is dropped as a digit look-alike when its rendering is within
+# DIGIT_LOOKALIKE_MEDIAN of a digit's (median over the fonts that draw both; see
+# _FontScanner.digit_distances), or within DIGIT_LOOKALIKE_MIN in some font: e.g.
+# Cyrillic "З" (identical to "3" in DejaVu Sans Mono) and "ƻ" go, while "S"
+# (median 0.19 to "5"), "g" (0.22 to "9") and "O" (0.38 to "0") stay.
+DIGIT_LOOKALIKE_MEDIAN = 0.12
+DIGIT_LOOKALIKE_MIN = 0.05
 # Random-stream tags mixed into the seed of every numpy Generator.
 _STREAM_CLASSES, _STREAM_RENDER, _STREAM_COLOUR, _STREAM_SPLIT = 1, 2, 3, 4
 _SPEC_KEYS = {"classes": "num_classes", "per_class": "per_class", "size": "image_size",
@@ -182,12 +190,14 @@ class Charset:
       covering: per character, the indices into ``fonts`` of the fonts that
         draw it (ascending, at least ``min_fonts`` of them).
       merged: how many eligible characters were dropped as homoglyphs of a kept one.
+      digit_lookalikes: characters dropped because they look like a digit.
     """
 
     fonts: tuple[Path, ...]
     codepoints: tuple[int, ...]
     covering: tuple[tuple[int, ...], ...]
     merged: int = 0
+    digit_lookalikes: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.codepoints)
@@ -199,7 +209,7 @@ class Charset:
 
     def subset(self, indices: Sequence[int]) -> Charset:
         """The characters at ``indices`` (re-sorted by codepoint)."""
-        order = sorted(set(int(i) for i in indices), key=lambda i: self.codepoints[i])
+        order = sorted({int(i) for i in indices}, key=lambda i: self.codepoints[i])
         return dataclasses.replace(
             self,
             codepoints=tuple(self.codepoints[i] for i in order),
@@ -224,23 +234,65 @@ def _font_cmap(path: Path) -> set[int]:
         return set()
 
 
-def _crop_signature(mask) -> bytes | None:
-    """Digest of a glyph mask cropped to its ink (``None`` when it has no ink)."""
-    bbox = mask.getbbox()
-    if bbox is None:
-        return None
-    x0, y0, x1, y1 = bbox
-    cropped = np.asarray(mask.crop(bbox), dtype=np.uint8)
-    return hashlib.sha1(f"{x1 - x0}x{y1 - y0}".encode() + cropped.tobytes()).digest()
+class _FontScanner:
+    """Draws single characters of one font on a reusable canvas, cropped to their ink."""
+
+    DESCRIPTOR_SIDE = 12
+
+    def __init__(self, path: Path, size: int) -> None:
+        Image, ImageDraw, _ = _pil()
+        self.font = _load_font(path, size)
+        self.side = 6 * size
+        self.canvas = Image.new("L", (self.side, self.side), 0)
+        self.draw = ImageDraw.Draw(self.canvas)
+        self.origin = (2 * size, 4 * size)  # left end of the baseline
+        self.digits: np.ndarray | None = None  # (10, d*d + 1) descriptors of 0-9
+
+    def ink(self, char: str) -> tuple[bytes, np.ndarray] | None:
+        """``(signature, descriptor)`` of ``char``'s ink, or None when it draws nothing.
+
+        The signature is a digest of the ink-cropped coverage (equal for glyphs
+        that differ only in position); the descriptor is that crop box-resized to
+        ``DESCRIPTOR_SIDE``^2 values in [0, 1] plus the log aspect ratio.
+        """
+        Image = _pil()[0]
+        self.canvas.paste(0, (0, 0, self.side, self.side))
+        self.draw.text(self.origin, char, font=self.font, fill=255, anchor="ls")
+        bbox = self.canvas.getbbox()
+        if bbox is None:
+            return None
+        image, box = self.canvas, bbox
+        if min(bbox[:2]) == 0 or max(bbox[2:]) == self.side:  # clipped: draw it exactly
+            x0, y0, x1, y1 = self.font.getbbox(char)
+            image = Image.new("L", (x1 - x0 + 2, y1 - y0 + 2), 0)
+            _pil()[1].Draw(image).text((1 - x0, 1 - y0), char, font=self.font, fill=255)
+            box = image.getbbox()
+        width, height = box[2] - box[0], box[3] - box[1]
+        crop = image.crop(box).tobytes()
+        signature = hashlib.sha1(f"{width}x{height}".encode() + crop).digest()
+        side = self.DESCRIPTOR_SIDE
+        small = image.resize((side, side), Image.Resampling.BOX, box=box).tobytes()
+        descriptor = np.append(np.frombuffer(small, np.uint8) / 255.0, math.log(width / height))
+        return signature, descriptor
+
+    def digit_distances(self, descriptors: np.ndarray) -> np.ndarray | None:
+        """Distance of each descriptor to the nearest of this font's digits 0-9.
+
+        Mean absolute coverage difference of the descriptors plus the absolute
+        difference of their log aspect ratios. None when the font draws no digits.
+        """
+        if self.digits is None or not len(self.digits) or not len(descriptors):
+            return None
+        diff = np.abs(descriptors[:, None, :] - self.digits[None, :, :])
+        return (diff[..., :-1].mean(axis=-1) + diff[..., -1]).min(axis=1)
 
 
-def _render_mask(font, char: str):
-    """Pillow L image of ``char`` (coverage, 255 = ink), sized to its layout box."""
-    Image, ImageDraw, _ = _pil()
-    x0, y0, x1, y1 = font.getbbox(char)
-    image = Image.new("L", (max(x1 - x0, 1) + 2, max(y1 - y0, 1) + 2), 0)
-    ImageDraw.Draw(image).text((1 - x0, 1 - y0), char, font=font, fill=255)
-    return image
+def _is_digit_lookalike(distances: Sequence[float]) -> bool:
+    """Whether per-font digit distances mark a character as looking like a digit."""
+    if not len(distances):
+        return False
+    return (float(np.median(distances)) <= DIGIT_LOOKALIKE_MEDIAN
+            or min(distances) <= DIGIT_LOOKALIKE_MIN)
 
 
 class _UnionFind:
@@ -276,13 +328,16 @@ def scan_charset(
     (".notdef"). Characters are first filtered by :func:`is_eligible_character`.
     Characters whose renderings, cropped to their ink, are identical in some font
     are homoglyphs and merged (transitively); each group keeps the member drawn
-    by the most fonts (then the lowest codepoint).
+    by the most fonts (then the lowest codepoint). Finally, characters that look
+    like a digit 0-9 are dropped (see :data:`DIGIT_LOOKALIKE_MEDIAN`).
 
-    Takes about 1 s for DejaVu's 22 fonts, 5 s with Noto's 268 on top.
+    Fonts are ordered by file name (then path). Takes about 3 s for DejaVu's
+    22 fonts, 9 s with Noto core's 268 on top (one core).
     """
     if isinstance(min_fonts, bool) or not isinstance(min_fonts, int) or min_fonts < 1:
         raise ValueError(f"min_fonts must be an integer >= 1, got {min_fonts!r}")
-    paths = tuple(Path(f) for f in fonts)
+    # Ordered by file name, so that the corpus does not depend on where fonts live.
+    paths = tuple(sorted({Path(f) for f in fonts}, key=lambda p: (p.name, os.fspath(p))))
     cmaps = [_font_cmap(p) for p in paths]
     counts: dict[int, int] = {}
     for cmap in cmaps:
@@ -292,18 +347,29 @@ def scan_charset(
                   if n >= min_fonts and is_eligible_character(chr(cp))}
 
     drawn_by: dict[int, list[int]] = {}
+    digit_distances: dict[int, list[float]] = {}
     groups = _UnionFind()
     for fi, (path, cmap) in enumerate(zip(paths, cmaps, strict=True)):
         mine = sorted(cmap & candidates)
         if not mine:
             continue
-        font = _load_font(path, scan_size)
-        notdef = _crop_signature(_render_mask(font, "\U0010ffff"))
+        scanner = _FontScanner(path, scan_size)
+        notdef = scanner.ink("\U0010ffff")
+        digits = [scanner.ink(d) for d in "0123456789" if ord(d) in cmap]
+        scanner.digits = np.array([d[1] for d in digits if d is not None], np.float32)
         by_signature: dict[bytes, list[int]] = {}
+        drawn, descriptors = [], []
         for cp in mine:
-            signature = _crop_signature(_render_mask(font, chr(cp)))
-            if signature is not None and signature != notdef:
-                by_signature.setdefault(signature, []).append(cp)
+            ink = scanner.ink(chr(cp))
+            if ink is None or (notdef is not None and ink[0] == notdef[0]):
+                continue
+            by_signature.setdefault(ink[0], []).append(cp)
+            drawn.append(cp)
+            descriptors.append(ink[1])
+        distances = scanner.digit_distances(np.array(descriptors, np.float32))
+        if distances is not None:
+            for cp, distance in zip(drawn, distances.tolist(), strict=True):
+                digit_distances.setdefault(cp, []).append(distance)
         for members in by_signature.values():
             if len(members) > _MAX_HOMOGLYPH_GROUP:
                 continue  # a placeholder drawn for many codepoints: not real glyphs
@@ -318,13 +384,16 @@ def scan_charset(
         other = best.get(root)
         if other is None or (len(fis), -cp) > (len(drawn_by[other]), -other):
             best[root] = cp
-    kept = sorted(cp for cp in best.values() if len(drawn_by[cp]) >= min_fonts)
-    merged = sum(1 for cp in drawn_by if len(drawn_by[cp]) >= min_fonts) - len(kept)
+    usable = {cp for cp in best.values() if len(drawn_by[cp]) >= min_fonts}
+    lookalikes = {cp for cp in usable if _is_digit_lookalike(digit_distances.get(cp, []))}
+    kept = sorted(usable - lookalikes)
+    merged = sum(1 for cp in drawn_by if len(drawn_by[cp]) >= min_fonts) - len(usable)
     return Charset(
         fonts=paths,
         codepoints=tuple(kept),
         covering=tuple(tuple(drawn_by[cp]) for cp in kept),
         merged=merged,
+        digit_lookalikes=tuple(sorted(lookalikes)),
     )
 
 
@@ -338,7 +407,7 @@ def _too_few_classes_message(available: int, wanted: int, n_fonts: int) -> str:
     return (
         f"the installed fonts ({n_fonts} files) draw only {available} usable glyph classes, "
         f"but {wanted} were asked for; install more fonts (`{FONT_INSTALL_HINT}`: DejaVu alone "
-        "gives about 3700 classes, Noto core about 7500 more) or ask for fewer classes "
+        "gives about 4500 classes, with Noto core about 9200) or ask for fewer classes "
         "(--num_classes)"
     )
 
@@ -369,8 +438,9 @@ class RenderParams:
 
     Attributes:
       size_range: font size (em height) range.
-      max_stroke: stroke width drawn around the glyph, integer 0..max_stroke
-        output pixels at the largest font size (thinner at smaller sizes).
+      max_stroke: outline drawn around the glyph (Pillow ``stroke_width``),
+        integer 0..max_stroke px at the drawing resolution (``supersample``
+        times the output; thinner at smaller sizes, as it is scaled with them).
       max_rotation_deg: rotation uniform in +-this.
       max_shear: horizontal shear factor uniform in +-this.
       scale_jitter: independent x and y scale factors uniform in 1 +- this.
@@ -412,7 +482,8 @@ class GlyphCorpus(NamedTuple):
       masks: ``(N, S, S)`` uint8 coverage (0 = background, 255 = ink).
       labels: ``(N,)`` int32 class ids; samples are ordered class by class.
       chars: the character of each class.
-      font_names: the font file name each sample was drawn with (length N).
+      font_names: the font each sample was drawn with (length N; the file
+        name, or the full path where two fonts share a file name).
     """
 
     masks: np.ndarray
@@ -424,10 +495,9 @@ class GlyphCorpus(NamedTuple):
 class _GlyphDrawer:
     """Renders one character's glyphs at a reference size, memoised per (font, stroke)."""
 
-    def __init__(self, paths: Sequence[Path], ref_px: int, supersample: int) -> None:
+    def __init__(self, paths: Sequence[Path], ref_px: int) -> None:
         self.paths = paths
         self.ref_px = ref_px
-        self.supersample = supersample
         self._fonts: dict[int, Any] = {}
         self._glyphs: dict[tuple[int, int], Any] = {}
 
@@ -435,7 +505,7 @@ class _GlyphDrawer:
         self._glyphs.clear()
 
     def glyph(self, font_index: int, char: str, stroke: int):
-        """Ink-cropped L image of ``char`` with an outline of ``stroke`` output px."""
+        """Ink-cropped L image of ``char`` with an outline of ``stroke`` px."""
         cache_key = (font_index, stroke)
         image = self._glyphs.get(cache_key)
         if image is None:
@@ -443,11 +513,10 @@ class _GlyphDrawer:
             font = self._fonts.get(font_index)
             if font is None:
                 font = self._fonts[font_index] = _load_font(self.paths[font_index], self.ref_px)
-            width = stroke * self.supersample
-            x0, y0, x1, y1 = font.getbbox(char, stroke_width=width)
+            x0, y0, x1, y1 = font.getbbox(char, stroke_width=stroke)
             canvas = Image.new("L", (x1 - x0 + 2, y1 - y0 + 2), 0)
             ImageDraw.Draw(canvas).text(
-                (1 - x0, 1 - y0), char, font=font, fill=255, stroke_width=width, stroke_fill=255
+                (1 - x0, 1 - y0), char, font=font, fill=255, stroke_width=stroke, stroke_fill=255
             )
             bbox = canvas.getbbox()
             image = canvas.crop(bbox) if bbox is not None else canvas
@@ -486,6 +555,14 @@ def _affine(
     return (inv[0, 0], inv[0, 1], offset[0], inv[1, 0], inv[1, 1], offset[1])
 
 
+def font_labels(paths: Sequence[Path]) -> list[str]:
+    """A name per font: its file name, or its full path where file names clash."""
+    counts: dict[str, int] = {}
+    for p in paths:
+        counts[p.name] = counts.get(p.name, 0) + 1
+    return [p.name if counts[p.name] == 1 else os.fspath(p) for p in paths]
+
+
 def _check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -507,8 +584,8 @@ def render_glyph_corpus(
     """Renders ``per_class`` glyph masks for each of ``num_classes`` characters.
 
     Each sample: a font drawn uniformly among those that draw the character,
-    a font size in ``params.size_range`` of the image side, a stroke of
-    0..``params.max_stroke`` px, then rotation, shear, x/y scale and
+    a font size in ``params.size_range`` of the image side, a Pillow stroke
+    width of 0..``params.max_stroke``, then rotation, shear, x/y scale and
     translation jitter; the ink is centred, shrunk if it would not fit, and
     anti-aliased by supersampling.
 
@@ -521,7 +598,8 @@ def render_glyph_corpus(
       fonts: font files (None: :func:`find_fonts` of ``/usr/share/fonts``).
       min_fonts: a character must be drawn by at least this many fonts.
       params: the random variation.
-      charset: a precomputed :func:`scan_charset` of ``fonts`` (skips the scan).
+      charset: a precomputed :func:`scan_charset` (skips the scan; ``fonts``
+        and ``min_fonts`` are then ignored).
       progress: called as ``progress(classes_done, num_classes)``.
 
     Returns:
@@ -539,7 +617,7 @@ def render_glyph_corpus(
     if charset is None:
         paths = find_fonts() if fonts is None else [Path(f) for f in fonts]
         if not paths:
-            raise DatasetNotFoundError(_no_fonts_message(DEFAULT_FONT_DIRS if fonts is None
+            raise DatasetNotFoundError(no_fonts_message(DEFAULT_FONT_DIRS if fonts is None
                                                          else ["(the fonts given)"]))
         charset = scan_charset(paths, min_fonts=min_fonts, scan_size=params.scan_size)
     chosen = choose_classes(key, charset, num_classes)
@@ -549,7 +627,7 @@ def render_glyph_corpus(
     out_px = image_size * ss
     lo, hi = params.size_range
     ref_px = max(4, round(hi * out_px))
-    drawer = _GlyphDrawer(chosen.fonts, ref_px, ss)
+    drawer = _GlyphDrawer(chosen.fonts, ref_px)
     masks = np.zeros((num_classes * per_class, image_size, image_size), np.uint8)
     font_ids = np.zeros(num_classes * per_class, np.int64)
     for c, (cp, covering) in enumerate(zip(chosen.codepoints, chosen.covering, strict=True)):
@@ -582,21 +660,13 @@ def render_glyph_corpus(
         if progress is not None:
             progress(c + 1, num_classes)
     labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
-    names = [p.name for p in chosen.fonts]
+    names = font_labels(chosen.fonts)
     return GlyphCorpus(masks, labels, chosen.chars, [names[i] for i in font_ids])
 
 
 # ---------------------------------------------------------------------------
 # The cached file.
 # ---------------------------------------------------------------------------
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir``, else ``$MGDD_JAX_CACHE``, else ``~/.cache/mgdd_jax``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV_VAR)
-    return Path(env).expanduser() if env else Path("~/.cache/mgdd_jax").expanduser()
 
 
 def corpus_filename(num_classes: int, per_class: int, image_size: int, seed: int) -> str:
@@ -611,7 +681,8 @@ def default_corpus_path(
     seed: int = DEFAULT_SEED,
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """``<cache>/glyphs/<corpus_filename>`` (cache: :func:`resolve_cache_dir`)."""
+    """``<cache>/glyphs/<corpus_filename>``; cache: ``cache_dir``, else
+    ``$MGDD_JAX_CACHE``, else ``~/.cache/mgdd_jax`` (as for the ZCA cache)."""
     name = corpus_filename(num_classes, per_class, image_size, seed)
     return resolve_cache_dir(cache_dir) / CACHE_SUBDIR / name
 
@@ -640,7 +711,7 @@ def make_manifest(
     from PIL import features
 
     used = sorted(set(corpus.font_names))
-    by_name = {p.name: p for p in fonts}
+    by_name = dict(zip(font_labels(fonts), fonts, strict=True))
     return {
         "format_version": FORMAT_VERSION,
         "num_classes": len(corpus.chars),
@@ -667,6 +738,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], suffix: str) -> None
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the corpus is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -734,7 +806,9 @@ def load_corpus(path: str | os.PathLike) -> tuple[GlyphCorpus, dict[str, Any]]:
 # ---------------------------------------------------------------------------
 
 
-def colour_pairs(key: jax.Array, n: int, min_contrast: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+def colour_pairs(
+    key: jax.Array, n: int, min_contrast: float = 0.3
+) -> tuple[np.ndarray, np.ndarray]:
     """Random ``(foreground, background)`` uint8 RGB colours, ``(n, 3)`` each.
 
     Background uniform; foreground uniform among colours whose luma (Rec. 601)
@@ -835,11 +909,17 @@ def parse_spec(spec: str) -> CorpusSpec:
     return corpus
 
 
-def _no_fonts_message(dirs: Iterable[Any]) -> str:
+def no_fonts_message(dirs: Iterable[Any]) -> str:
+    """The error text for a font search that found nothing."""
     return (
         f"no usable .ttf/.otf fonts found in {', '.join(map(str, dirs))}; install some with "
         f"`{FONT_INSTALL_HINT}`"
     )
+
+
+def corpus_key(seed: int) -> jax.Array:
+    """The key a corpus with this seed is made from (threefry2x32, pinned)."""
+    return jax.random.key(seed, impl="threefry2x32")
 
 
 def make_corpus(
@@ -858,11 +938,10 @@ def make_corpus(
     """
     fonts = find_fonts(font_dirs)
     if not fonts:
-        raise DatasetNotFoundError(_no_fonts_message(font_dirs))
+        raise DatasetNotFoundError(no_fonts_message(font_dirs))
     charset = scan_charset(fonts, min_fonts=min_fonts, scan_size=params.scan_size)
-    key = jax.random.key(spec.seed, impl="threefry2x32")
     corpus = render_glyph_corpus(
-        key, spec.num_classes, spec.per_class, spec.image_size,
+        corpus_key(spec.seed), spec.num_classes, spec.per_class, spec.image_size,
         min_fonts=min_fonts, params=params, charset=charset, progress=progress,
     )
     manifest = make_manifest(corpus, seed=spec.seed, fonts=fonts, params=params,
@@ -872,7 +951,7 @@ def make_corpus(
 
 def raw_data_from_corpus(corpus: GlyphCorpus, seed: int) -> RawData:
     """Colourises a corpus and splits it 90/10 per class (both keyed by ``seed``)."""
-    key = jax.random.key(seed, impl="threefry2x32")
+    key = corpus_key(seed)
     images = colourise(key, corpus.masks)
     train, test = split_per_class(key, corpus.labels)
     codepoints = [ord(c) for c in corpus.chars]
@@ -927,7 +1006,7 @@ def load_glyphs(spec: str, data_dir: str | None) -> RawData:
         )
         start = time.perf_counter()
         try:
-            make_corpus(corpus_spec, path)
+            make_corpus(corpus_spec, path, font_dirs=DEFAULT_FONT_DIRS)
         except DatasetNotFoundError as e:
             raise DatasetNotFoundError(
                 f"glyph corpus {path} not found and cannot be rendered here: {e}. Make it on a "

@@ -373,18 +373,36 @@ def _infer_num_classes(y_train: np.ndarray, y_test: np.ndarray, path: Path) -> i
 
 
 # ---------------------------------------------------------------------------
+# Glyph corpus rendered from the installed fonts ("glyphs", "glyphs:classes=C,...").
+# ---------------------------------------------------------------------------
+
+
+def load_glyphs(spec: str, data_dir: str | None) -> RawData:
+    """Many-class glyph corpus (meta-training); see :func:`mgdd_jax.data.glyphs.load_glyphs`."""
+    from mgdd_jax.data import glyphs  # lazy: Pillow and fontTools only when asked for
+
+    return glyphs.load_glyphs(spec, data_dir)
+
+
+# ---------------------------------------------------------------------------
 # Registry.
 # ---------------------------------------------------------------------------
 
 NAMED_SOURCES: dict[str, SourceLoader] = {
     "digits": load_digits,
     "fashion_mnist": load_fashion_mnist,
+    "glyphs": load_glyphs,
 }
 PREFIX_SOURCES: dict[str, SourceLoader] = {
+    "glyphs:": load_glyphs,
     "npz:": load_npz,
     "tfds:": load_tfds,
 }
-_PREFIX_EXAMPLES = {"npz:": "npz:PATH", "tfds:": "tfds:NAME"}
+_PREFIX_EXAMPLES = {
+    "glyphs:": "glyphs:classes=C,per_class=N",
+    "npz:": "npz:PATH",
+    "tfds:": "tfds:NAME",
+}
 
 
 def available_datasets() -> list[str]:

@@ -1,0 +1,302 @@
+"""mgdd_jax.meta (Alg. 1) and experiments.meta_train on tiny sizes."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mgdd_jax import checkpoint, data, krr, meta, nets, outputs
+from mgdd_jax import generator as gen
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FEAT = nets.ConvNetConfig(width=4, norm="instance")
+GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
+CFG = meta.MetaConfig(steps=10, inner_steps=2, min_classes=2, max_classes=4, num_real=16,
+                      min_synthetic=2, max_synthetic=8, feature=FEAT, inner_lr=0.05,
+                      outer_lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_dataset("digits")
+
+
+def _task(ds, key, cfg=CFG):
+    b = meta.sample_meta_batch(key, ds.x_train, ds.y_train, ds.num_classes, cfg)
+    return {k: v[0] for k, v in b.items()}
+
+
+def _perturbed_params(ds, key):
+    p = gen.init_generator(jax.random.key(0), ds.image_shape, GEN)
+    leaves, tree = jax.tree.flatten(p)
+    ks = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape)
+                                     for x, k in zip(leaves, ks)])
+
+
+# ------------------------------------------------------------------------------- task sampling
+def test_sample_task_structure(digits):
+    t = meta.sample_task(jax.random.key(3), digits.y_train, 10, CFG)
+    assert t["t_idx"].shape == (16,) and t["y_t"].shape == (16, 4)
+    assert t["s_idx"].shape == (3, 8) and t["s_mask"].shape == (3, 8) and t["size"].shape == (3,)
+    active = np.flatnonzero(np.abs(t["y_t"]).sum(0) > 0)
+    c = len(active)
+    assert 2 <= c <= 4 and list(active) == list(range(c))  # padded columns are all zero
+    np.testing.assert_allclose(t["y_t"].sum(1), 0.0, atol=1e-6)  # centred over active classes
+    labels = digits.y_train[t["t_idx"]]
+    assert len(set(labels)) == c
+    counts = np.bincount(np.argmax(t["y_t"], 1), minlength=c)
+    assert counts.max() - counts.min() <= 1  # balanced real batch
+    for i in range(3):
+        n = int(t["s_mask"][i].sum())
+        assert n == t["size"][i] * c  # IPC x classes, the rest padding
+        rows = t["s_idx"][i, :n]
+        assert len(set(rows)) == n  # no repeats
+        per = np.bincount(np.argmax(t["y_t"][rows], 1), minlength=c)
+        assert np.all(per == t["size"][i])  # class-balanced initial set
+    again = meta.sample_task(jax.random.key(3), digits.y_train, 10, CFG)
+    assert all(np.array_equal(t[k], again[k]) for k in t)
+
+
+# ------------------------------------------------------------------------------- gradients
+def _reference_meta_loss(params, task, key, cfg, generator):
+    """Alg. 1 with a Python for-loop (no scan), from the public building blocks."""
+    x_t, y_t = task["x_t"], task["y_t"]
+    k_theta, k_steps = jax.random.split(key)
+    theta = nets.init_feature_params(k_theta, x_t.shape[1:], cfg.feature)
+    w_t = krr.target_weights(nets.conv_features(theta, x_t, cfg.feature), y_t, cfg.reg)
+    keys = jax.random.split(k_steps, cfg.inner_steps + 1)
+
+    def loss_at(p, i):
+        x_s = x_t[task["s_idx"][i]]
+        y_s = nets.conv_features(theta, x_s, cfg.feature) @ w_t
+        x_gen = gen.apply_generator(p, x_s, task["size"][i], generator)
+        th = nets.init_feature_params(keys[i], x_t.shape[1:], cfg.feature)
+        return krr.krr_loss(nets.conv_features(th, x_gen, cfg.feature), y_s,
+                            nets.conv_features(th, x_t, cfg.feature), y_t, cfg.reg,
+                            support_mask=task["s_mask"][i])
+
+    p = params
+    for i in range(cfg.inner_steps):
+        g = jax.grad(loss_at)(p, i)
+        p = jax.tree.map(lambda a, b: a - cfg.inner_lr * b, p, g)
+    return loss_at(p, cfg.inner_steps)
+
+
+def test_scan_meta_gradient_matches_python_loop(digits):
+    task = _task(digits, jax.random.key(5))
+    params = _perturbed_params(digits, jax.random.key(6))
+    key = jax.random.key(7)
+    scan_loss = lambda p: meta.task_meta_loss(p, task, key, generator=GEN, config=CFG)[0]  # noqa: E731
+    ref_loss = lambda p: _reference_meta_loss(p, task, key, CFG, GEN)  # noqa: E731
+    l1, g1 = jax.jit(jax.value_and_grad(scan_loss))(params)
+    l2, g2 = jax.jit(jax.value_and_grad(ref_loss))(params)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6)
+
+
+def test_second_order_matches_finite_differences_first_order_does_not(digits):
+    """Directional derivative of the meta-test loss vs central differences, in float64."""
+    cfg2 = meta.MetaConfig(**{**CFG.to_dict(), "feature": FEAT, "inner_lr": 0.5})
+    cfg1 = meta.MetaConfig(**{**cfg2.to_dict(), "feature": FEAT, "first_order": True})
+    task = _task(digits, jax.random.key(8))
+    params = _perturbed_params(digits, jax.random.key(9))
+    key = jax.random.key(10)
+    with jax.enable_x64(True):
+        f64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
+                                     if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
+                                     else a, t)
+        p64, t64 = f64(params), f64(task)
+        leaves, tree = jax.tree.flatten(p64)
+        ks = jax.random.split(jax.random.key(11), len(leaves))
+        d = jax.tree.unflatten(tree, [jax.random.normal(k, x.shape, jnp.float64)
+                                      for x, k in zip(leaves, ks)])
+        norm = jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(d)))
+        d = jax.tree.map(lambda a: a / norm, d)  # unit direction: small steps, few ReLU kinks
+
+        def loss(p, cfg):
+            return meta.task_meta_loss(p, t64, key, generator=GEN, config=cfg)[0]
+
+        eps = 1e-6
+        shifted = lambda s: jax.tree.map(lambda a, b: a + s * eps * b, p64, d)  # noqa: E731
+        fd = (loss(shifted(1), cfg2) - loss(shifted(-1), cfg2)) / (2 * eps)
+        dot = lambda g: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g),  # noqa: E731
+                                                           jax.tree.leaves(d)))
+        second = dot(jax.grad(loss)(p64, cfg2))
+        first = dot(jax.grad(loss)(p64, cfg1))
+    np.testing.assert_allclose(second, fd, rtol=1e-5)
+    assert abs(float(first - fd)) > 1e-4 * abs(float(fd))  # FOMAML drops real terms
+
+
+# ------------------------------------------------------------------------------- the step
+@pytest.fixture
+def compile_events():
+    events = []
+
+    def listener(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield events
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_meta_step_compiles_once_over_varying_sizes(digits, compile_events):
+    mesh = meta.task_mesh()
+    step = meta.make_meta_step(GEN, CFG, mesh)
+    state = meta.init_meta_state(_perturbed_params(digits, jax.random.key(1)), CFG, mesh)
+    sizes, counts, losses = [], [], []
+    for i in range(4):
+        k = jax.random.fold_in(jax.random.key(2), i)
+        b = meta.sample_meta_batch(k, digits.x_train, digits.y_train, 10, CFG)
+        sizes.append(tuple(b["s_mask"].sum(-1).ravel()))
+        state, m = step(state, meta.shard_batch(b, mesh), meta.task_keys(k, 1))
+        losses.append(float(m["meta_loss"]))
+        counts.append(len(compile_events))
+    assert len(set(sizes)) > 1, "the test needs tasks of different sizes"
+    assert counts[-1] == counts[0], f"recompiled after step 1: {counts}"
+    assert all(np.isfinite(losses)) and int(state["step"]) == 4
+
+
+def test_four_devices_give_the_one_device_update():
+    script = textwrap.dedent("""
+        import dataclasses
+        import jax, numpy as np
+        from mgdd_jax import data, meta, nets
+        from mgdd_jax import generator as gen
+        assert len(jax.devices()) == 4, jax.devices()
+        ds = data.load_dataset("digits")
+        feat = nets.ConvNetConfig(width=4, norm="instance")
+        g = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
+        cfg = meta.MetaConfig(steps=10, inner_steps=2, min_classes=2, max_classes=4,
+                              num_real=16, min_synthetic=2, max_synthetic=8, feature=feat,
+                              inner_lr=0.05, outer_lr=1e-3, tasks_per_step=4)
+        p = gen.init_generator(jax.random.key(0), ds.image_shape, g)
+        k = jax.random.key(4)
+        b = meta.sample_meta_batch(k, ds.x_train, ds.y_train, 10, cfg)
+        out = []
+        for mesh in (meta.task_mesh(jax.devices()), meta.task_mesh(jax.devices()[:1])):
+            state = meta.init_meta_state(p, cfg, mesh)
+            batch = meta.shard_batch(b, mesh)
+            assert len(batch["x_t"].sharding.device_set) == mesh.size
+            state, m = meta.make_meta_step(g, cfg, mesh)(state, batch, meta.task_keys(k, 4))
+            mu = state["opt_state"][0].mu  # Adam's first moment after step 1: (1-b1) * grad
+            out.append((jax.device_get(state["params"]), jax.device_get(mu),
+                        float(m["meta_loss"])))
+        (p4, g4, l4), (p1, g1, l1) = out
+        gmax = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(g1))
+        gdiff = max(float(np.max(np.abs(a - b))) for a, b in
+                    zip(jax.tree.leaves(g4), jax.tree.leaves(g1)))
+        # Adam's first update is about lr * sign(g): compare parameters where g is not at
+        # round-off level (a sign flip of a ~0 gradient is not a different update).
+        pdiff = max(float(np.max(np.where(np.abs(gg) > 1e-4 * gmax, np.abs(a - b), 0.0)))
+                    for a, b, gg in zip(jax.tree.leaves(p4), jax.tree.leaves(p1),
+                                        jax.tree.leaves(g1)))
+        print("GRAD", gdiff, gmax, "PARAM", pdiff, "LOSS", l4, l1)
+        try:
+            meta.make_meta_step(g, dataclasses.replace(cfg, tasks_per_step=3), meta.task_mesh())
+            print("UNEVEN accepted")
+        except ValueError as e:
+            print("UNEVEN refused" if "multiple of the 4 devices" in str(e) else f"UNEVEN {e}")
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    line = [x for x in p.stdout.splitlines() if x.startswith("GRAD")][0].split()
+    gdiff, gmax, pdiff, l4, l1 = (float(line[i]) for i in (1, 2, 4, 6, 7))
+    assert gmax > 1e-6  # the meta-gradient is not trivially zero
+    assert gdiff < 1e-4 * gmax, (gdiff, gmax)
+    assert pdiff < 1e-6, pdiff
+    assert abs(l4 - l1) < 1e-5 * max(1.0, abs(l1))
+    assert "UNEVEN refused" in p.stdout  # 3 tasks cannot split over 4 devices
+
+
+# ------------------------------------------------------------------------------- meta_train
+def _smoke_config(steps, **meta_overrides):
+    from experiments.configs import meta_glyphs
+
+    c = meta_glyphs.get_config("smoke")
+    c.source = "digits"
+    c.meta.steps = steps
+    c.meta.update(meta_overrides)
+    return c
+
+
+def _final_params(workdir):
+    step, _ = checkpoint.read_meta(os.path.join(workdir, "checkpoints"))
+    params, meta_json = checkpoint.load_generator(os.path.join(workdir, "checkpoints"), GEN,
+                                                  (8, 8, 1))
+    return step, params, meta_json
+
+
+def test_sigterm_then_resume_equals_straight_run(tmp_path):
+    from experiments import meta_train
+
+    total = 300
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "experiments.meta_train",
+           "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
+           f"--config.meta.steps={total}", f"--workdir={killed}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = killed / "checkpoints"
+        if ckpts.is_dir() and any(n.isdigit() for n in os.listdir(ckpts)):
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    k, _, _ = _final_params(killed)
+    assert 0 < k < total, f"the run was not interrupted (stopped at {k})"
+
+    resumed = meta_train.train(_smoke_config(total), str(killed))
+    assert resumed["step"] == total
+    straight_dir = tmp_path / "straight"
+    meta_train.train(_smoke_config(total), str(straight_dir))
+    _, p_resumed, _ = _final_params(killed)
+    _, p_straight, m = _final_params(straight_dir)
+    for a, b in zip(jax.tree.leaves(p_resumed), jax.tree.leaves(p_straight)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert m["info"]["kind"] == "meta"
+    rows = [r["step"] for r in outputs.read_jsonl(str(killed / "metrics.jsonl"))]
+    assert rows == sorted(set(rows)) and rows[-1] == total  # no duplicated or lost lines
+    assert (killed / "loss_curve.png").exists()
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    from experiments import meta_train
+
+    meta_train.train(_smoke_config(2), str(tmp_path / "w"))
+    c = _smoke_config(2)
+    c.generator.width = 8
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="width"):
+        meta_train.train(c, str(tmp_path / "w"))
+    other = _smoke_config(2, inner_steps=3)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="inner_steps"):
+        meta_train.train(other, str(tmp_path / "w"))
+
+
+def test_bad_meta_inputs(digits):
+    with pytest.raises(ValueError, match="min_classes"):
+        meta.MetaConfig(min_classes=5, max_classes=3)
+    with pytest.raises(ValueError, match="inner_steps"):
+        meta.MetaConfig(inner_steps=0)
+    with pytest.raises(ValueError, match="min_classes"):
+        meta.check_source(digits.y_train, 10, meta.MetaConfig(min_classes=20, max_classes=30,
+                                                              num_real=100))
+    with pytest.raises(ValueError, match="images per class"):
+        meta.check_source(digits.y_train, 10, meta.MetaConfig(min_classes=2, max_classes=4,
+                                                              num_real=2000))
