@@ -188,6 +188,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             if stop["signal"] is not None:
                 logging.warning("SIGTERM at step %d: saving and exiting", done)
                 break
+            if config.max_seconds and time.perf_counter() - t0 > config.max_seconds:
+                logging.warning("max_seconds=%s reached at step %d: saving and exiting",
+                                config.max_seconds, done)
+                break
         step = done if end > start else start
         if step not in mngr.all_steps():
             save(step, force=True)
@@ -201,8 +205,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     seconds = time.perf_counter() - t0
     n = step - start
     per_step = ((time.perf_counter() - t_after_first) / (n - 1)) if n > 1 else seconds
-    return {"step": step, "seconds": seconds, "seconds_per_step": per_step,
-            "last_metrics": last, "preempted": stop["signal"] is not None}
+    result = {"step": step, "seconds": seconds, "seconds_per_step": per_step,
+              "last_metrics": last, "preempted": stop["signal"] is not None,
+              "device": str(jax.devices()[0]), "num_devices": jax.device_count()}
+    outputs.write_json(os.path.join(workdir, f"run_until_step{step}.json"), result)
+    return result
 
 
 def main(argv):

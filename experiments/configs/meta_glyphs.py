@@ -29,6 +29,7 @@ def base_config(source: str) -> ml_collections.ConfigDict:
     c.seed = 0
     c.multihost = False
     c.progress = True
+    c.max_seconds = 0  # stop (with a checkpoint) after this many seconds of this run; 0: off
     c.log_every = 10
     c.checkpoint_every = 200
     c.keep_checkpoints = 3
