@@ -20,13 +20,17 @@ Any field can be overridden with ``--config.<path>=value``; ``--dataset``, ``--i
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from mgdd_jax import krr
 
-# The meta generator shipped with the package (empty until one is trained: then the default
-# is a freshly initialised generator, i.e. adaptation from scratch).
-SHIPPED_META_CHECKPOINT = ""
+# The meta generator shipped with the package: meta-trained on the offline glyph corpus
+# (experiments/meta_generator/README.md says how). Pass --meta_checkpoint= (empty) to adapt
+# a freshly initialised generator instead.
+SHIPPED_META_CHECKPOINT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "meta_generator", "checkpoints")
 
 VARIANTS = ("cpu", "paper", "smoke")
 
