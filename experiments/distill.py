@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.configs.datasets import settings_for
@@ -39,6 +39,7 @@ from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import checkpoint, data, evaluate, krr, labels, nets, outputs
 from mgdd_jax import generator as gen_lib
 from mgdd_jax.data import sources
+from mgdd_jax.progress import stage
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "distill.py")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -139,7 +140,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     """Validate everything and load the data; raises ValueError & co. on bad input."""
     plan = make_plan(config)
     row = settings_for(config.dataset)
-    logging.info("loading %s (ZCA=%s)", config.dataset, row["zca"])
+    stage(f"loading {config.dataset} (ZCA={row['zca']})")
     ds = data.load_dataset(config.dataset, data_dir=config.data_dir or None, zca=row["zca"],
                            image_size=row["image_size"] or None)
     for k in plan.ipcs:
@@ -177,7 +178,7 @@ def execute(prep: Prepared) -> dict[str, Any]:
         chunk_size=config.labels.chunk_size)
     jax.block_until_ready(label_model.weights)
     t_labels = time.perf_counter() - t0
-    logging.info("label model solved on %d images in %.1fs", ds.x_train.shape[0], t_labels)
+    stage(f"label model (Eq. 3) solved on {ds.x_train.shape[0]} images in {t_labels:.1f}s")
 
     if plan.meta_checkpoint:
         params, meta = checkpoint.load_generator(plan.meta_checkpoint, generator, ds.image_shape,
@@ -186,7 +187,7 @@ def execute(prep: Prepared) -> dict[str, Any]:
     else:
         params = gen_lib.init_generator(k_gen, ds.image_shape, generator)
         start = "fresh generator (identity at init)"
-    logging.info("adapting from %s for %d steps", start, adapt_cfg.steps)
+    stage(f"adapting from {start} for {adapt_cfg.steps} steps")
 
     result = adapt_lib.adapt(k_adapt, params, ds, label_model, generator, adapt_cfg,
                              log_every=config.adapt.log_every)
@@ -261,8 +262,7 @@ def _generate_and_evaluate(ipc, ds, params, generator, label_model, adapt_cfg, r
         ds.preprocessing.invert(x_syn) if ds.preprocessing.zca is None else x_syn,
         l_init, ds.class_names, title=f"{config.dataset}, IPC {ipc}")
     if config.eval.enabled:
-        logging.info("evaluating IPC %d (%s protocol, %d seeds)", ipc, protocol.name,
-                     protocol.num_seeds)
+        stage(f"evaluating IPC {ipc} ({protocol.name} protocol, {protocol.num_seeds} seeds)")
         res = evaluate.evaluate_synthetic(k_eval, x_syn, y_syn, ds.x_test, ds.y_test, protocol,
                                           num_classes=c)
         out["eval"] = res
@@ -306,7 +306,6 @@ def apply_shorthands(config: ml_collections.ConfigDict) -> ml_collections.Config
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
     try:
         prep = prepare(apply_shorthands(_CONFIG.value))
     except (ValueError, FileNotFoundError, ImportError) as e:

@@ -28,13 +28,13 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.configs.datasets import settings_for
 from mgdd_jax import checkpoint, data, meta, nets, outputs
 from mgdd_jax import generator as gen_lib
-from mgdd_jax.progress import Progress
+from mgdd_jax.progress import Progress, stage
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Meta-training config file.", lock_config=True)
@@ -133,7 +133,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             opt_state=ocp.args.StandardRestore(abstract["opt_state"])))
         state = meta.replicate({"params": restored["params"], "opt_state": restored["opt_state"],
                                 "step": np.int32(start)}, mesh)
-        logging.info("resumed from step %d in %s", start, workdir)
+        stage(f"resumed from step {start} in {workdir}")
 
     step_fn = meta.make_meta_step(generator, mcfg, mesh)
     stop = {"signal": None}
@@ -186,11 +186,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 jax.block_until_ready(state["step"])
                 t_after_first = time.perf_counter()
             if stop["signal"] is not None:
-                logging.warning("SIGTERM at step %d: saving and exiting", done)
+                stage(f"SIGTERM at step {done}: saving and exiting")
                 break
             if config.max_seconds and time.perf_counter() - t0 > config.max_seconds:
-                logging.warning("max_seconds=%s reached at step %d: saving and exiting",
-                                config.max_seconds, done)
+                stage(f"max_seconds={config.max_seconds} reached at step {done}: saving, exiting")
                 break
         step = done if end > start else start
         if step not in mngr.all_steps():
@@ -217,7 +216,6 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
-    logging.set_verbosity(logging.INFO)
     try:
         result = train(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError, ImportError) as e:

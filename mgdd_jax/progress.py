@@ -26,6 +26,11 @@ def format_seconds(s: float) -> str:
     return f"{h}h{m:02d}m"
 
 
+def stage(message: str, *, stream: TextIO | None = None) -> None:
+    """One timestamped stage line on stderr (``[12:03:04] adapting ...``)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=stream or sys.stderr, flush=True)
+
+
 class Progress:
     """Prints ``name [####....] step/total  loss=...  elapsed  ETA`` lines to ``stream``.
 
