@@ -24,8 +24,6 @@ from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import checkpoint, evaluate, krr, labels, outputs
 from mgdd_jax import generator as gen_lib
 
-_AT = flags.DEFINE_list("at", ["0", "100", "200", "500", "1000"], "Steps to evaluate at.")
-
 
 def curve(prep: distill.Prepared, at: list[int]) -> dict:
     plan, ds, generator = prep.plan, prep.dataset, prep.generator
@@ -109,8 +107,8 @@ def plot(result: dict, path: str) -> None:
 def main(argv):
     del argv
     try:
-        prep = distill.prepare(distill.apply_shorthands(distill._CONFIG.value))
-        at = sorted({int(a) for a in _AT.value})
+        prep = distill.prepare(distill.config_from_flags())
+        at = sorted({int(a) for a in flags.FLAGS.at})
         if not at or at[0] < 0:
             raise ValueError("--at must list non-negative steps")
     except (ValueError, FileNotFoundError, ImportError) as e:
@@ -123,4 +121,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    distill.define_flags()
+    flags.DEFINE_list("at", ["0", "100", "200", "500", "1000"], "Steps to evaluate at.")
     app.run(main)

@@ -25,9 +25,6 @@ from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import checkpoint, data, evaluate, krr, labels, outputs
 from mgdd_jax import generator as gen_lib
 
-_GENERATE = flags.DEFINE_list("generate", ["1", "5", "10", "20", "30", "50"],
-                              "IPCs to generate after adaptation.")
-
 
 def run(prep: distill.Prepared, generate: list[int]) -> dict:
     plan, ds, generator = prep.plan, prep.dataset, prep.generator
@@ -98,8 +95,8 @@ def plot(result: dict, path: str) -> None:
 def main(argv):
     del argv
     try:
-        prep = distill.prepare(distill.apply_shorthands(distill._CONFIG.value))
-        generate = sorted({int(g) for g in _GENERATE.value})
+        prep = distill.prepare(distill.config_from_flags())
+        generate = sorted({int(g) for g in flags.FLAGS.generate})
         for g in generate:
             data.check_per_class(prep.dataset, g, what="IPC (--generate)")
     except (ValueError, FileNotFoundError, ImportError) as e:
@@ -112,4 +109,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    distill.define_flags()
+    flags.DEFINE_list("generate", ["1", "5", "10", "20", "30", "50"],
+                      "IPCs to generate after adaptation.")
     app.run(main)

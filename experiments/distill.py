@@ -42,18 +42,41 @@ from mgdd_jax.data import sources
 from mgdd_jax.progress import stage
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "distill.py")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Distill config file (variants: cpu, paper, smoke).",
-    lock_config=True,
-)
-_DATASET = flags.DEFINE_string("dataset", None, "Shorthand for --config.dataset.")
-_IPC = flags.DEFINE_string("ipc", None, "Shorthand for --config.ipc, e.g. 10 or 1,10,50.")
-_STEPS = flags.DEFINE_integer("steps", None, "Shorthand for --config.adapt.steps.")
-_META = flags.DEFINE_string("meta_checkpoint", None,
-                            "Shorthand for --config.meta_checkpoint ('' = fresh generator).")
-_OUT = flags.DEFINE_string("out", None, "Shorthand for --config.out (required).")
-_SEED = flags.DEFINE_integer("seed", None, "Shorthand for --config.seed.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Shorthand for --config.data_dir.")
+
+# Shorthand flag -> config path.
+SHORTHANDS = (("dataset", "dataset"), ("ipc", "ipc"), ("meta_checkpoint", "meta_checkpoint"),
+              ("out", "out"), ("seed", "seed"), ("data_dir", "data_dir"),
+              ("steps", "adapt.steps"))
+
+
+def define_flags() -> None:
+    """Define ``--config`` and the shorthands; called by launchers, not at import, so that
+    several launcher modules can be imported in one process (tests)."""
+    config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Distill config file (variants: cpu, paper, smoke).",
+        lock_config=True)
+    flags.DEFINE_string("dataset", None, "Shorthand for --config.dataset.")
+    flags.DEFINE_string("ipc", None, "Shorthand for --config.ipc, e.g. 10 or 1,10,50.")
+    flags.DEFINE_integer("steps", None, "Shorthand for --config.adapt.steps.")
+    flags.DEFINE_string("meta_checkpoint", None,
+                        "Shorthand for --config.meta_checkpoint ('' = fresh generator).")
+    flags.DEFINE_string("out", None, "Shorthand for --config.out (required).")
+    flags.DEFINE_integer("seed", None, "Shorthand for --config.seed.")
+    flags.DEFINE_string("data_dir", None, "Shorthand for --config.data_dir.")
+
+
+def config_from_flags() -> ml_collections.ConfigDict:
+    """The ``--config`` file with the shorthand flags copied in."""
+    config = ml_collections.ConfigDict(flags.FLAGS.config.to_dict())
+    for flag, path in SHORTHANDS:
+        value = flags.FLAGS[flag].value
+        if value is not None:
+            node = config
+            *parents, last = path.split(".")
+            for part in parents:
+                node = node[part]
+            node[last] = value
+    return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,23 +314,11 @@ def _summary(metrics: dict[str, Any]) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def apply_shorthands(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Copy the shorthand flags (--dataset, --ipc, ...) into the config."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    for flag, path in ((_DATASET, "dataset"), (_IPC, "ipc"), (_META, "meta_checkpoint"),
-                       (_OUT, "out"), (_SEED, "seed"), (_DATA_DIR, "data_dir")):
-        if flag.value is not None:
-            config[path] = flag.value
-    if _STEPS.value is not None:
-        config.adapt.steps = _STEPS.value
-    return config
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        prep = prepare(apply_shorthands(_CONFIG.value))
+        prep = prepare(config_from_flags())
     except (ValueError, FileNotFoundError, ImportError) as e:
         # Bad input: one clear line, no traceback, exit status 2, nothing computed or written.
         print(f"error: {e}", file=sys.stderr)
@@ -316,4 +327,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -36,9 +36,12 @@ from mgdd_jax import checkpoint, data, meta, nets, outputs
 from mgdd_jax import generator as gen_lib
 from mgdd_jax.progress import Progress, stage
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Meta-training config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (resumes).")
+
+def define_flags() -> None:
+    """``--config`` and ``--workdir``; defined by the launcher only (not at import)."""
+    config_flags.DEFINE_config_file("config", None, "Meta-training config file.",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (resumes).")
 
 
 def meta_config(config: ml_collections.ConfigDict) -> meta.MetaConfig:
@@ -214,10 +217,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None or not _WORKDIR.value:
+    if flags.FLAGS.config is None or not flags.FLAGS.workdir:
         raise app.UsageError("--config and --workdir are required")
     try:
-        result = train(_CONFIG.value, _WORKDIR.value)
+        result = train(flags.FLAGS.config, flags.FLAGS.workdir)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -226,4 +229,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

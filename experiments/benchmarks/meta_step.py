@@ -16,13 +16,15 @@ import time
 
 import jax
 from absl import app, flags
+from ml_collections import config_flags
 
 from experiments.benchmarks.common import machine_info, write_json_atomic
 from experiments.configs.datasets import settings_for
-from experiments.meta_train import _CONFIG, meta_config  # reuses its --config flag
+from experiments.meta_train import meta_config
 from mgdd_jax import data, meta
 from mgdd_jax import generator as gen_lib
 
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Meta config.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed meta steps (after the compile step).")
 _OUT = flags.DEFINE_string("out", "results/bench/meta_step.json", "JSON output.")
 _FO = flags.DEFINE_bool("also_first_order", True, "Also time the first-order variant.")

@@ -74,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.adapt.batch_size = 1024
         c.eval.protocol = "frepo"
     elif variant == "smoke":
+        c.meta_checkpoint = ""  # the shipped meta generator is width 32; smoke is width 4
         c.generator.update(width=4, embed_dim=8, embed_channels=2)
         c.feature.width = 4
         c.labels.chunk_size = 256
