@@ -78,11 +78,7 @@ def curve(prep: distill.Prepared, at: list[int]) -> dict:
 
 
 def plot(result: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = outputs.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, style in (("meta", "o-"), ("fresh", "s--")):
         if name not in result["curves"]:
@@ -99,9 +95,7 @@ def plot(result: dict, path: str) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with outputs.atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    outputs.save_figure(fig, path)
 
 
 def main(argv):

@@ -66,11 +66,7 @@ def run(prep: distill.Prepared, generate: list[int]) -> dict:
 
 
 def plot(result: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = outputs.pyplot()
     ipcs = sorted(int(k) for k in result["results"])
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for key, style, label in (("generated", "o-", "generator adapted on IPC "
@@ -87,9 +83,7 @@ def plot(result: dict, path: str) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with outputs.atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    outputs.save_figure(fig, path)
 
 
 def main(argv):

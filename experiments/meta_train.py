@@ -72,11 +72,7 @@ def _check_resume_compatible(mngr: ocp.CheckpointManager, step: int, expected: d
 
 
 def plot_loss_curve(rows: list[dict[str, Any]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = outputs.pyplot()
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for k, label in (("meta_loss", "meta-test loss (Alg. 1 l. 17)"),
@@ -88,9 +84,7 @@ def plot_loss_curve(rows: list[dict[str, Any]], path: str) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with outputs.atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    outputs.save_figure(fig, path)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,

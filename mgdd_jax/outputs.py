@@ -121,6 +121,23 @@ def _to_display(x: np.ndarray) -> np.ndarray:
     return (x - lo) / np.maximum(hi - lo, 1e-8)
 
 
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str) -> None:
+    """Atomically save a matplotlib figure as PNG and close it."""
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    pyplot().close(fig)
+
+
 def save_before_after_png(
     path: str,
     before: np.ndarray,
@@ -132,11 +149,7 @@ def save_before_after_png(
     title: str = "",
 ) -> None:
     """Initial vs generated images side by side (MGDD Fig. 6), one row per class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     classes = sorted(set(int(c) for c in labels))
     picks = [np.flatnonzero(labels == c)[:max_per_class] for c in classes]
     k = max(len(p) for p in picks)
@@ -166,6 +179,4 @@ def save_before_after_png(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

@@ -16,3 +16,17 @@ jax.config.update("jax_platforms", "cpu")
 def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own mgdd_jax cache directory (ZCA matrices etc.)."""
     monkeypatch.setenv("MGDD_JAX_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def compile_events():
+    """A list that grows by one per XLA backend compilation while the test runs."""
+    events = []
+
+    def listener(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield events
+    jax.monitoring.unregister_event_duration_listener(listener)

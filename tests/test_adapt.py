@@ -86,20 +86,6 @@ def test_one_step_lowers_loss_on_fixed_batch(tiny_dataset):
     assert int(state["step"]) == 3
 
 
-@pytest.fixture
-def compile_events():
-    """A list that grows by one per XLA backend compilation while the test runs."""
-    events = []
-
-    def listener(event, duration, **kw):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    yield events
-    jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def test_adapt_loop_no_recompile_after_first_step(tiny_dataset, compile_events):
     ds = tiny_dataset
     lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)

@@ -137,19 +137,6 @@ def test_second_order_matches_finite_differences_first_order_does_not(digits):
 
 
 # ------------------------------------------------------------------------------- the step
-@pytest.fixture
-def compile_events():
-    events = []
-
-    def listener(event, duration, **kw):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    yield events
-    jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def test_meta_step_compiles_once_over_varying_sizes(digits, compile_events):
     mesh = meta.task_mesh()
     step = meta.make_meta_step(GEN, CFG, mesh)
