@@ -89,13 +89,9 @@ def plot(result: dict, path: str) -> None:
                     label={"meta": "from meta generator", "fresh": "from scratch"}[name])
     rr = result["random_real"]
     ax.axhline(100 * rr["mean"], color="gray", lw=1, ls=":", label="random real images")
-    ax.set_xlabel("adaptation steps")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{result['dataset']}, IPC {result['ipc']} (cf. MGDD Fig. 4)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    outputs.save_figure(fig, path)
+    outputs.finish_line_plot(
+        fig, ax, path, xlabel="adaptation steps", ylabel="test accuracy (%)",
+        title=f"{result['dataset']}, IPC {result['ipc']} (cf. MGDD Fig. 4)")
 
 
 def main(argv):

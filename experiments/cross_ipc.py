@@ -77,13 +77,9 @@ def plot(result: dict, path: str) -> None:
                     fmt=style, capsize=3, label=label)
     for i in result["adapted_on"]:
         ax.axvline(i, color="gray", lw=0.8, ls=":")
-    ax.set_xlabel("images per class (dotted: seen in adaptation)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{result['dataset']}: cross-IPC (cf. MGDD Fig. 3)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    outputs.save_figure(fig, path)
+    outputs.finish_line_plot(
+        fig, ax, path, xlabel="images per class (dotted: seen in adaptation)",
+        ylabel="test accuracy (%)", title=f"{result['dataset']}: cross-IPC (cf. MGDD Fig. 3)")
 
 
 def main(argv):

@@ -79,12 +79,7 @@ def plot_loss_curve(rows: list[dict[str, Any]], path: str) -> None:
                      ("inner_loss_first", "inner loss, first step"),
                      ("inner_loss_last", "inner loss, last step")):
         ax.plot(steps, [r[k] for r in rows], label=label, lw=1)
-    ax.set_xlabel("meta step")
-    ax.set_ylabel("Eq. 1 loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    outputs.save_figure(fig, path)
+    outputs.finish_line_plot(fig, ax, path, xlabel="meta step", ylabel="Eq. 1 loss")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,

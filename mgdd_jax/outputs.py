@@ -138,6 +138,19 @@ def save_figure(fig: Any, path: str) -> None:
     pyplot().close(fig)
 
 
+def finish_line_plot(fig: Any, ax: Any, path: str, *, xlabel: str, ylabel: str,
+                     title: str = "") -> None:
+    """Label, legend and grid a line plot, then :func:`save_figure` it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def save_before_after_png(
     path: str,
     before: np.ndarray,
