@@ -20,6 +20,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import distill
+from experiments.cli import exit_on_bad_input
 from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import checkpoint, evaluate, krr, labels, outputs
 from mgdd_jax import generator as gen_lib
@@ -96,14 +97,11 @@ def plot(result: dict, path: str) -> None:
 
 def main(argv):
     del argv
-    try:
+    with exit_on_bad_input():
         prep = distill.prepare(distill.config_from_flags())
         at = sorted({int(a) for a in flags.FLAGS.at})
         if not at or at[0] < 0:
             raise ValueError("--at must list non-negative steps")
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     result = curve(prep, at)
     outputs.write_json(os.path.join(prep.plan.out, "curve.json"), result)
     plot(result, os.path.join(prep.plan.out, "curve.png"))

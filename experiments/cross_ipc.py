@@ -21,6 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import distill
+from experiments.cli import exit_on_bad_input
 from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import checkpoint, data, evaluate, krr, labels, outputs
 from mgdd_jax import generator as gen_lib
@@ -84,14 +85,11 @@ def plot(result: dict, path: str) -> None:
 
 def main(argv):
     del argv
-    try:
+    with exit_on_bad_input():
         prep = distill.prepare(distill.config_from_flags())
         generate = sorted({int(g) for g in flags.FLAGS.generate})
         for g in generate:
             data.check_per_class(prep.dataset, g, what="IPC (--generate)")
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     result = run(prep, generate)
     outputs.write_json(os.path.join(prep.plan.out, "cross_ipc.json"), result)
     plot(result, os.path.join(prep.plan.out, "cross_ipc.png"))

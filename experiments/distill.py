@@ -34,6 +34,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments.cli import exit_on_bad_input
 from experiments.configs.datasets import settings_for
 from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import checkpoint, data, evaluate, krr, labels, nets, outputs
@@ -317,12 +318,8 @@ def _summary(metrics: dict[str, Any]) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
+    with exit_on_bad_input():  # nothing is computed or written before this passes
         prep = prepare(config_from_flags())
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        # Bad input: one clear line, no traceback, exit status 2, nothing computed or written.
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     execute(prep)
 
 

@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments.cli import exit_on_bad_input
 from experiments.configs.datasets import settings_for
 from mgdd_jax import checkpoint, data, meta, nets, outputs
 from mgdd_jax import generator as gen_lib
@@ -208,11 +209,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if flags.FLAGS.config is None or not flags.FLAGS.workdir:
         raise app.UsageError("--config and --workdir are required")
-    try:
+    with exit_on_bad_input():
         result = train(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"meta-training stopped at step {result['step']} after {result['seconds']:.0f}s "
           f"({result['seconds_per_step']:.3f} s/step)", file=sys.stderr)
 

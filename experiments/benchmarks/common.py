@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: timing with medians and atomic JSON output."""
+"""Helpers shared by the benchmark scripts: timing with medians, and machine info."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-
-from mgdd_jax import outputs
 
 
 def time_fn(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> dict[str, float]:
@@ -40,8 +38,3 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
-
-
-def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    """Atomic JSON (temp file + rename), via the library's writer."""
-    outputs.write_json(path, payload)

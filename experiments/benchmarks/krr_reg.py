@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments.benchmarks.common import machine_info, write_json_atomic
-from mgdd_jax import data, krr, nets
+from experiments.benchmarks.common import machine_info
+from mgdd_jax import data, krr, nets, outputs
 
 _OUT = flags.DEFINE_string("out", "results/bench/krr_reg.json", "JSON output path.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Random networks per case.")
@@ -91,7 +91,7 @@ def main(argv):
             f"{s['median_rel_err_f32_vs_f64']:.1e}"
         print(f"{s['norm']:9s} {s['n_s']:4d}  {s['reg']:.0e}  {s['finite_fraction']:5.2f}"
               f"   {err:>10s}    {s['mean_krr_test_acc']:.3f}")
-    write_json_atomic(_OUT.value, {"machine": machine_info(), "summary": summary, "rows": rows})
+    outputs.write_json(_OUT.value, {"machine": machine_info(), "summary": summary, "rows": rows})
     print(f"wrote {_OUT.value}")
 
 

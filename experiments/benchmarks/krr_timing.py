@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from experiments.benchmarks.common import machine_info, time_fn, write_json_atomic
-from mgdd_jax import krr
+from experiments.benchmarks.common import machine_info, time_fn
+from mgdd_jax import krr, outputs
 
 _OUT = flags.DEFINE_string("out", "results/bench/krr_timing.json", "JSON output path.")
 _N_T = flags.DEFINE_integer("n_t", 1024, "Real batch size.")
@@ -47,7 +47,7 @@ def main(argv):
         rows.append(row)
         print(f"n_t={n_t} n_s={n_s:4d} p={p}: solve_labels {t_labels['median_s']*1e3:8.2f} ms"
               f"   krr_loss+grad {t_loss['median_s']*1e3:8.2f} ms")
-    write_json_atomic(_OUT.value, {"machine": machine_info(), "dtype": str(jnp.float32),
+    outputs.write_json(_OUT.value, {"machine": machine_info(), "dtype": str(jnp.float32),
                                    "reg": krr.DEFAULT_REG, "results": rows})
     print(f"wrote {_OUT.value}")
 

@@ -18,10 +18,10 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.benchmarks.common import machine_info, write_json_atomic
+from experiments.benchmarks.common import machine_info
 from experiments.configs.datasets import settings_for
 from experiments.meta_train import meta_config
-from mgdd_jax import data, meta
+from mgdd_jax import data, meta, outputs
 from mgdd_jax import generator as gen_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Meta config.", lock_config=True)
@@ -67,7 +67,7 @@ def main(argv):
     results = []
     for fo in ([True] if config.meta.first_order else [False, True] if _FO.value else [False]):
         results.append(time_variant(config, fo, ds))
-    write_json_atomic(_OUT.value, {"machine": machine_info(), "config": config.to_dict(),
+    outputs.write_json(_OUT.value, {"machine": machine_info(), "config": config.to_dict(),
                                    "results": results,
                                    "note": "peak RSS is of the whole process, cumulative"})
     print(f"wrote {_OUT.value}")
