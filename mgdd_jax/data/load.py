@@ -48,6 +48,27 @@ def load_dataset(
     zca_reg = validation.check_zca_reg(zca_reg)
     image_size = validation.check_image_size(image_size)
     raw = sources.load_raw(name, data_dir)
+    return dataset_from_raw(name, raw, zca=zca, zca_reg=zca_reg, image_size=image_size,
+                            cache_dir=cache_dir)
+
+
+def dataset_from_raw(
+    name: str,
+    raw: sources.RawData,
+    *,
+    zca: bool = False,
+    zca_reg: float = 0.1,
+    image_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset:
+    """Validates raw arrays and preprocesses them: :func:`load_dataset` after reading.
+
+    The one path from raw arrays to a :class:`Dataset`, shared by the named loaders and by
+    in-memory arrays (:mod:`mgdd_jax.api`), so both refuse bad input with the same messages.
+    Arguments as :func:`load_dataset`; ``raw`` holds the unprocessed splits.
+    """
+    zca_reg = validation.check_zca_reg(zca_reg)
+    image_size = validation.check_image_size(image_size)
     where = f"dataset {name!r}"
     class_names = tuple(str(c) for c in raw.class_names)
     validation.check_num_classes(raw.num_classes, class_names, where)
