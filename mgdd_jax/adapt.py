@@ -2,14 +2,14 @@
 
 One jitted step (:func:`make_adapt_step`) does Alg. 2 lines 8-12 for a sampled batch:
 
-    X_s* = g_ω'(X_s, size)                       line 9
+    X_s* = g_ω'(X_s, ipc)                        line 9
     θ*   ~ init(key)                             line 10, a fresh network every step
     L    = Eq. 1 on (f_θ*(X_s*), Y_s*) vs (f_θ*(X_t), Y_t)      line 11
     ω'  ← Adam(∇_ω' L)  (lr 1e-4, cosine to 0.1×)               line 12
 
 and :func:`adapt` runs the loop: class-balanced real batches (line 7), the initial set
-(line 8) either fixed (single-initialisation) or redrawn every step with a size from
-``config.sizes`` (multi-initialisation, Sec. 4.1 / Tab. 5, which is what makes unseen sizes
+(line 8) either fixed (single-initialisation) or redrawn every step with an IPC from
+``config.ipcs`` (multi-initialisation, Sec. 4.1 / Tab. 5, which is what makes unseen sizes
 work afterwards, Fig. 3). Labels come from the fixed-θ label model (Eq. 3, lines 1-4) or are
 centred one-hot (the paper's default at IPC 1).
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import chex
@@ -29,8 +29,8 @@ import numpy as np
 import optax
 
 from mgdd_jax import data as data_lib
-from mgdd_jax import krr, labels, nets
-from mgdd_jax.generator import GeneratorConfig, apply_generator
+from mgdd_jax import krr, labels, nets, objective, optim
+from mgdd_jax.generator import GeneratorConfig
 from mgdd_jax.progress import Progress
 
 INIT_MODES: tuple[str, ...] = ("single", "multi")
@@ -38,7 +38,11 @@ INIT_MODES: tuple[str, ...] = ("single", "multi")
 
 @dataclasses.dataclass(frozen=True)
 class AdaptConfig:
-    """Hyper-parameters of Alg. 2 (defaults: Tab. 7, adaptation stage).
+    """Hyper-parameters of Alg. 2 (Tab. 7, adaptation stage).
+
+    No defaults here: the config files (``experiments/configs/distill.py``, ``adapt``
+    subtree) are the single source, ``AdaptConfig(**config.adapt, feature=...)`` after
+    :func:`resolve_ipcs` (see :func:`from_config`).
 
     Attributes:
       steps: adaptation steps T.
@@ -48,25 +52,28 @@ class AdaptConfig:
       batch_size: real images per step n_t (class-balanced).
       reg: relative ridge of Eq. 1.
       init_mode: "single" (one fixed initial set) or "multi" (a new one every step).
-      sizes: images per class of the synthetic sets adapted on. "single" uses ``sizes[0]``;
+      ipcs: images per class of the synthetic sets adapted on. "single" uses ``ipcs[0]``;
         "multi" draws one of them uniformly per step.
       label_mode: "auto" (one-hot at IPC 1, Eq. 3 otherwise), "analytic" or "onehot".
+      log_every: record loss and gradient norm every this many steps.
       feature: architecture of the random networks θ and θ*.
     """
 
-    steps: int = 1000
-    learning_rate: float = 1e-4
-    final_lr_fraction: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.999
-    batch_size: int = 1024
-    reg: float = krr.DEFAULT_REG
-    init_mode: str = "single"
-    sizes: tuple[int, ...] = (10,)
-    label_mode: str = "auto"
-    feature: nets.ConvNetConfig = nets.ConvNetConfig(width=128, norm="instance")
+    steps: int
+    learning_rate: float
+    final_lr_fraction: float
+    b1: float
+    b2: float
+    batch_size: int
+    reg: float
+    init_mode: str
+    ipcs: tuple[int, ...]
+    label_mode: str
+    log_every: int
+    feature: nets.ConvNetConfig
 
     def __post_init__(self):
+        object.__setattr__(self, "ipcs", tuple(int(k) for k in self.ipcs))
         if self.steps < 0:
             raise ValueError(f"adapt steps must be >= 0, got {self.steps}")
         if not self.learning_rate > 0:
@@ -77,59 +84,60 @@ class AdaptConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.init_mode not in INIT_MODES:
             raise ValueError(f"init_mode must be one of {INIT_MODES}, got {self.init_mode!r}")
-        if not self.sizes or any(int(s) < 1 for s in self.sizes):
-            raise ValueError(f"sizes must be a non-empty list of IPCs >= 1, got {self.sizes}")
+        if not self.ipcs or any(k < 1 for k in self.ipcs):
+            raise ValueError(f"ipcs must be a non-empty list of IPCs >= 1, got {self.ipcs}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         labels.resolve_label_mode(self.label_mode, 1)
         if not self.reg > 0:
             raise ValueError(f"reg must be > 0, got {self.reg}")
 
+    @classmethod
+    def from_config(cls, adapt: Mapping[str, Any], feature: nets.ConvNetConfig,
+                    requested_ipcs: Sequence[int]) -> AdaptConfig:
+        """From the config's ``adapt`` subtree: ``ipcs=""`` means the requested IPCs, and
+        ``init_mode="auto"`` single for one IPC, multi for several."""
+        d = dict(adapt)
+        text = d.pop("ipcs")
+        ipcs = parse_ipcs(text, "config.adapt.ipcs") if text else tuple(requested_ipcs)
+        if d["init_mode"] == "auto":
+            d["init_mode"] = "single" if len(ipcs) == 1 else "multi"
+        return cls(**d, ipcs=ipcs, feature=feature)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["sizes"] = list(self.sizes)
+        d["ipcs"] = list(self.ipcs)
         return d
 
 
+def parse_ipcs(text: str | int | Sequence[int], flag: str = "ipc") -> tuple[int, ...]:
+    """``"1,10,50"`` (or an int, or a sequence) -> sorted unique IPCs; refuses empty items."""
+    if isinstance(text, (int, np.integer)) and not isinstance(text, bool):
+        parts = [str(int(text))]
+    elif isinstance(text, str):
+        parts = [p.strip() for p in text.split(",")]
+    else:
+        parts = [str(p).strip() for p in text]
+    if not parts or parts == [""]:
+        raise ValueError(f"--{flag} is empty; give images per class, e.g. --{flag}=10 or "
+                         f"--{flag}=1,10,50")
+    if any(p == "" for p in parts):
+        raise ValueError(f"--{flag}={text!r} has an empty item; give a comma list of integers "
+                         "without empty entries, e.g. 1,10,50")
+    try:
+        ipcs = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--{flag}={text!r} must be a comma list of integers, e.g. 1,10,50"
+                         ) from None
+    if any(k < 1 for k in ipcs):
+        raise ValueError(f"--{flag}={text!r}: every IPC must be >= 1")
+    return tuple(sorted(set(ipcs)))
+
+
 def make_optimizer(config: AdaptConfig) -> optax.GradientTransformation:
-    """Adam with cosine decay from α to ``final_lr_fraction·α`` over ``steps`` (Tab. 7)."""
-    schedule = optax.cosine_decay_schedule(
-        config.learning_rate, max(config.steps, 1), alpha=config.final_lr_fraction
-    )
-    return optax.adam(schedule, b1=config.b1, b2=config.b2)
-
-
-def generator_krr_loss(
-    params: Any,
-    x_s: jax.Array,
-    y_s: jax.Array,
-    x_t: jax.Array,
-    y_t: jax.Array,
-    size: jax.Array,
-    theta_key: chex.PRNGKey,
-    *,
-    generator: GeneratorConfig,
-    feature: nets.ConvNetConfig,
-    reg: float,
-) -> jax.Array:
-    """Eq. 1 of the generated set under a fresh random network (Alg. 1 l. 4-5, Alg. 2 l. 9-11).
-
-    Args:
-      params: generator parameters ω'.
-      x_s: initial synthetic images ``(n_s, H, W, C)``.
-      y_s: their labels ``(n_s, K)`` (Eq. 3 or centred one-hot).
-      x_t: real images ``(n_t, H, W, C)``.
-      y_t: real labels ``(n_t, K)``, centred one-hot.
-      size: images per class of the synthetic set (size-embedding input).
-      theta_key: key of θ*.
-      generator, feature, reg: architecture and ridge (static).
-
-    Returns:
-      Scalar loss.
-    """
-    x_gen = apply_generator(params, x_s, size, generator)
-    theta = nets.init_feature_params(theta_key, x_s.shape[1:], feature)
-    f_s = nets.conv_features(theta, x_gen, feature)
-    f_t = nets.conv_features(theta, x_t, feature)
-    return krr.krr_loss(f_s, y_s, f_t, y_t, reg)
+    """Alg. 2 line 12's optimiser: Adam, α cosine-decayed to ``final_lr_fraction·α`` (Tab. 7)."""
+    return optim.adam_cosine(config.learning_rate, config.steps, config.final_lr_fraction,
+                             config.b1, config.b2)
 
 
 def init_adapt_state(params: Any, config: AdaptConfig) -> dict[str, Any]:
@@ -147,17 +155,19 @@ def init_adapt_state(params: Any, config: AdaptConfig) -> dict[str, Any]:
 
 
 def make_adapt_step(
-    generator: GeneratorConfig, config: AdaptConfig, num_classes: int
+    gen_config: GeneratorConfig, config: AdaptConfig, num_classes: int
 ) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
     """Build the jitted Alg. 2 step ``step(state, key, label_model, batch) -> (state, metrics)``.
 
     ``batch`` holds ``x_t`` (n_t images), ``l_t`` (their int labels), ``x_s`` (initial
-    synthetic images), ``l_s`` (their int labels) and ``size`` (IPC, float scalar);
+    synthetic images), ``l_s`` (their int labels) and ``ipc`` (float scalar);
     ``onehot`` (static) picks centred one-hot synthetic labels instead of Eq. 3. The step
     compiles once per (n_s, onehot) pair; the state is donated.
     """
     optimizer = make_optimizer(config)
     feature = config.feature
+    loss_fn = functools.partial(objective.generator_krr_loss, gen_config=gen_config,
+                                feature=feature, reg=config.reg)
 
     @functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("onehot",))
     def step(state, key, label_model, batch, *, onehot: bool):
@@ -166,11 +176,8 @@ def make_adapt_step(
             y_s = krr.centred_onehot(batch["l_s"], num_classes)
         else:
             y_s = labels.synthetic_labels(label_model, batch["x_s"], feature)
-        loss_fn = functools.partial(
-            generator_krr_loss, generator=generator, feature=feature, reg=config.reg
-        )
         loss, grads = jax.value_and_grad(loss_fn)(
-            state["params"], batch["x_s"], y_s, batch["x_t"], y_t, batch["size"], key
+            state["params"], batch["x_s"], y_s, batch["x_t"], y_t, batch["ipc"], key
         )
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         new_state = {
@@ -202,16 +209,38 @@ class AdaptResult:
     single_init: tuple[np.ndarray, np.ndarray] | None
 
 
+def single_init_set(
+    key: chex.PRNGKey, dataset: data_lib.Dataset, ipc: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed initial set that :func:`adapt` with ``key`` uses in single mode (Alg. 2 l. 8).
+
+    Exposed so that callers can see (or evaluate) it before adapting, e.g. at step 0 of Fig. 4.
+    """
+    return data_lib.sample_initial_set(jax.random.split(key)[0], dataset, int(ipc))
+
+
+def check_adapt_inputs(dataset: data_lib.Dataset, config: AdaptConfig) -> None:
+    """Refuse IPCs or a real batch the dataset's smallest class cannot supply."""
+    for k in config.ipcs:
+        data_lib.check_per_class(dataset, k, what="IPC (adapt.ipcs)")
+    data_lib.check_per_class(
+        dataset, -(-config.batch_size // dataset.num_classes),
+        what="real batch per class (adapt.batch_size / classes)")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message says at which step and what to change."""
+
+
 def adapt(
     key: chex.PRNGKey,
     params: Any,
     dataset: data_lib.Dataset,
     label_model: labels.LabelModel,
-    generator: GeneratorConfig,
+    gen_config: GeneratorConfig,
     config: AdaptConfig,
     *,
     progress: bool = True,
-    log_every: int = 10,
     callback: Callable[[int, Any], None] | None = None,
     callback_steps: Sequence[int] = (),
 ) -> AdaptResult:
@@ -219,42 +248,38 @@ def adapt(
 
     Args:
       key: PRNG key; step ``i`` uses ``fold_in(key, i)``, so a run is reproducible.
-      params: initial generator parameters ω.
+      params: initial generator parameters ω (not modified).
       dataset: the preprocessed target dataset.
       label_model: fixed θ and ``W_t`` (:func:`labels.fit_label_model`).
-      generator: generator architecture.
+      gen_config: generator architecture.
       config: hyper-parameters.
       progress: print a progress line with loss and ETA.
-      log_every: record loss and grad norm into the history every this many steps.
       callback: called as ``callback(step, params)`` after the steps in ``callback_steps``
         (e.g. to evaluate snapshots, Fig. 4).
       callback_steps: see ``callback``; 0 means before the first step.
 
     Returns:
       An :class:`AdaptResult`.
+
+    Raises:
+      NonFiniteLossError: the loss became NaN/inf (checked at every logging step).
     """
     c = dataset.num_classes
-    for s in config.sizes:
-        data_lib.check_per_class(dataset, int(s), what="IPC")
-    data_lib.check_per_class(
-        dataset, -(-config.batch_size // c), what="real batch per class (batch_size / classes)"
-    )
+    check_adapt_inputs(dataset, config)
     index = data_lib.ClassIndex.from_labels(dataset.y_train, c)
     init_key, loop_key = jax.random.split(key)
 
     single_init = None
     if config.init_mode == "single":
-        ipc = int(config.sizes[0])
-        idx = np.asarray(data_lib.class_balanced_indices(init_key, index, ipc))
-        single_init = (dataset.x_train[idx], dataset.y_train[idx])
+        single_init = single_init_set(key, dataset, config.ipcs[0])
 
-    step_fn = make_adapt_step(generator, config, c)
+    step_fn = make_adapt_step(gen_config, config, c)
     state = init_adapt_state(params, config)
     bar = Progress("adapt", config.steps, enabled=progress)
     history: list[dict[str, float]] = []
-    # Multi-init: the size of every step, drawn up front (one host transfer, not one per step).
-    size_ids = np.asarray(
-        jax.random.randint(jax.random.fold_in(init_key, 1), (config.steps,), 0, len(config.sizes))
+    # Multi-init: the IPC of every step, drawn up front (one host transfer, not one per step).
+    ipc_ids = np.asarray(
+        jax.random.randint(jax.random.fold_in(init_key, 1), (config.steps,), 0, len(config.ipcs))
     )
     t_first = 0.0
     callback_steps = set(int(s) for s in callback_steps)
@@ -266,10 +291,10 @@ def adapt(
         k_batch, k_init, k_theta = jax.random.split(jax.random.fold_in(loop_key, i), 3)
         t_idx = np.asarray(data_lib.balanced_batch_indices(k_batch, index, config.batch_size))
         if single_init is not None:
-            ipc = int(config.sizes[0])
+            ipc = config.ipcs[0]
             x_s, l_s = single_init
         else:
-            ipc = int(config.sizes[size_ids[i]])
+            ipc = config.ipcs[ipc_ids[i]]
             s_idx = np.asarray(data_lib.class_balanced_indices(k_init, index, ipc))
             x_s, l_s = dataset.x_train[s_idx], dataset.y_train[s_idx]
         batch = {
@@ -277,15 +302,16 @@ def adapt(
             "l_t": dataset.y_train[t_idx],
             "x_s": x_s,
             "l_s": l_s,
-            "size": np.float32(ipc),
+            "ipc": np.float32(ipc),
         }
         onehot = labels.resolve_label_mode(config.label_mode, ipc) == "onehot"
         state, metrics = step_fn(state, k_theta, label_model, batch, onehot=onehot)
         done = i + 1
-        if done % log_every == 0 or done == config.steps:
+        if done % config.log_every == 0 or done == config.steps:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not np.isfinite(m["loss"]):
-                raise FloatingPointError(
+                bar.close()
+                raise NonFiniteLossError(
                     f"adaptation loss is {m['loss']} at step {done}; lower the learning rate "
                     f"(now {config.learning_rate}) or raise reg (now {config.reg})."
                 )

@@ -212,23 +212,23 @@ def init_generator(
 
 
 def apply_generator(
-    params: Any, x: chex.Array, size: chex.Array, config: GeneratorConfig
+    params: Any, x: chex.Array, ipc: chex.Array, config: GeneratorConfig
 ) -> jax.Array:
-    """``X_s* = g_ω(X_s, size)`` (Alg. 1 line 4, Alg. 2 line 9).
+    """``X_s* = g_ω(X_s, ipc)`` (Alg. 1 line 4, Alg. 2 line 9).
 
     Args:
       params: generator parameters ω.
       x: initial synthetic images ``(n_s, H, W, C)``.
-      size: images per class of the synthetic set, a scalar (the same for every sample) or
-        ``(n_s,)``.
+      ipc: images per class of the synthetic set (the size embedding's input), a scalar (the
+        same for every sample) or ``(n_s,)``.
       config: the architecture.
 
     Returns:
-      ``(n_s, H, W, C)`` synthetic images; sample i depends only on ``x[i]`` and its size.
+      ``(n_s, H, W, C)`` synthetic images; sample i depends only on ``x[i]`` and its IPC.
     """
     _check_inputs(x, config)
-    size = jnp.broadcast_to(jnp.asarray(size, jnp.float32), (x.shape[0],))
-    return Generator(config).apply({"params": params}, x, size)
+    ipc = jnp.broadcast_to(jnp.asarray(ipc, jnp.float32), (x.shape[0],))
+    return Generator(config).apply({"params": params}, x, ipc)
 
 
 def generate(

@@ -9,16 +9,15 @@ without re-solving.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import chex
 import flax.struct
 import jax
 import numpy as np
 
-from mgdd_jax import krr, nets
+from mgdd_jax import krr, nets, objective
 
-LabelMode = Literal["auto", "analytic", "onehot"]
 LABEL_MODES: tuple[str, ...] = ("auto", "analytic", "onehot")
 
 
@@ -42,7 +41,7 @@ def fit_label_model(
     x_train: np.ndarray,
     y_train: np.ndarray,
     num_classes: int,
-    feature_config: nets.ConvNetConfig,
+    feature: nets.ConvNetConfig,
     *,
     reg: float = krr.DEFAULT_REG,
     chunk_size: int = 1024,
@@ -54,16 +53,16 @@ def fit_label_model(
       x_train: all training images ``(N, H, W, C)`` (host array).
       y_train: their integer labels ``(N,)``.
       num_classes: ``C``.
-      feature_config: architecture of θ.
+      feature: architecture of θ.
       reg: relative ridge of the solve.
       chunk_size: rows per feature chunk.
     """
     if x_train.ndim != 4:
         raise ValueError(f"x_train must be NHWC, got shape {x_train.shape}")
-    theta = nets.init_feature_params(key, x_train.shape[1:], feature_config)
+    theta = nets.init_feature_params(key, x_train.shape[1:], feature)
     y = np.asarray(krr.centred_onehot(np.asarray(y_train), num_classes))
     stats = krr.accumulate_primal_stats(
-        lambda x: nets.conv_features(theta, x, feature_config), x_train, y, chunk_size=chunk_size
+        lambda x: nets.conv_features(theta, x, feature), x_train, y, chunk_size=chunk_size
     )
     weights = krr.solve_weights_from_stats(stats, reg)
     if not bool(np.all(np.isfinite(np.asarray(weights)))):
@@ -75,10 +74,10 @@ def fit_label_model(
 
 
 def synthetic_labels(
-    model: LabelModel, x_s: chex.Array, feature_config: nets.ConvNetConfig
+    model: LabelModel, x_s: chex.Array, feature: nets.ConvNetConfig
 ) -> jax.Array:
     """Eq. 3: ``Y_s* = f_θ(X_s) W_t`` for initial synthetic images ``x_s``."""
-    return nets.conv_features(model.theta, x_s, feature_config) @ model.weights
+    return objective.eq3_labels(model.theta, model.weights, x_s, feature)
 
 
 def resolve_label_mode(mode: str, ipc: float) -> str:
@@ -95,11 +94,11 @@ def initial_labels(
     x_s: chex.Array,
     y_s: chex.Array,
     num_classes: int,
-    feature_config: nets.ConvNetConfig,
+    feature: nets.ConvNetConfig,
     mode: str,
     ipc: float,
 ) -> jax.Array:
     """Labels for an initial set: Eq. 3 or centred one-hot, by :func:`resolve_label_mode`."""
     if resolve_label_mode(mode, ipc) == "onehot":
         return krr.centred_onehot(y_s, num_classes)
-    return synthetic_labels(model, x_s, feature_config)
+    return synthetic_labels(model, x_s, feature)

@@ -19,7 +19,20 @@ import numpy as np
 
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it over ``path`` on success.
+
+    The caller writes the complete file at the yielded path (a ``.tmp-*`` file in
+    ``path``'s folder, which is created if needed; ``suffix`` is appended to its
+    name). When the ``with`` block ends normally, the temporary file's contents are
+    flushed to disk (``os.fsync``), it gets the permissions of a normally created
+    file (``0o666 & ~umask``; ``mkstemp`` makes ``0o600``) and is renamed over
+    ``path`` with ``os.replace``. If the block raises, the temporary file is
+    deleted and ``path`` is left as it was. The one atomic writer of the project:
+    result files, the ZCA cache and the glyph corpus all go through it.
+
+    Raises:
+      OSError: if the folder cannot be created or the file cannot be written.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
@@ -28,7 +41,12 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     os.umask(umask)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        fd = os.open(tmp, os.O_RDONLY)  # the contents reach the disk before the rename
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -193,3 +211,58 @@ def save_before_after_png(
         fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def check_output_dir(path: str, *, overwrite: bool = False, flag: str = "--out") -> str:
+    """Check, before any work, that a run's results can later be moved into ``path``.
+
+    ``path`` itself is not created (:func:`atomic_dir` puts it in place at the end). A ``path``
+    that already holds files is refused unless ``overwrite``.
+
+    Raises:
+      ValueError: naming the directory and what to do.
+    """
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag}={path} exists and is a file; choose a directory path.")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise ValueError(f"{flag}={path} already holds results; choose a new {flag} or pass "
+                         "--overwrite to replace them.")
+    check_writable_dir(os.path.dirname(path))
+    if os.path.isdir(path):
+        check_writable_dir(path)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """Yield a temporary sibling directory; on success it replaces ``path`` in one rename.
+
+    Results appear all at once or not at all: on an exception the temporary directory is
+    removed and ``path`` is left as it was (an earlier result there survives).
+    """
+    import shutil
+
+    path = os.path.abspath(path)
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-")
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        old = None
+        if os.path.lexists(path):
+            old = tempfile.mkdtemp(dir=parent, prefix=f".{name}.old-")
+            os.replace(path, os.path.join(old, name))
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

@@ -1,21 +1,32 @@
-r"""Config of the distill main job (`python -m experiments.distill`).
+r"""Config of the distill main job (`python -m experiments.distill`) and of `mgdd_jax.api.fit`.
 
-Variants, chosen by the argument after the colon:
+This file is the single source of every default: the library's dataclasses
+(`AdaptConfig`, `GeneratorConfig`, `ConvNetConfig`, the evaluation protocol) are built from its
+subtrees and carry no defaults of their own.
 
-* ``cpu`` (default): sized for a 2-core CPU. Generator width 32, feature networks width 64
-  (instance norm), 512 real images per step, the "cpu" evaluation protocol.
-* ``paper``: Tab. 7 / Fig. 7 sizes (generator width 64, feature width 128, n_t = 1024,
-  FRePo's evaluation protocol at width 128), for a GPU.
-* ``smoke``: tiny widths and a few steps; the whole pipeline in seconds (tests, CI).
+The argument after the colon composes knobs, ``key=value`` separated by commas, or names a
+preset:
+
+* ``size=cpu|paper|smoke``: the sizes. ``cpu`` (default) is for a 2-core CPU: generator
+  width 32, feature networks width 64 (instance norm), n_t = 512. ``paper`` is Tab. 7 /
+  Fig. 7: generator width 64, feature width 128, n_t = 1024. ``smoke`` is tiny widths and a
+  few steps: the whole pipeline in seconds (tests, CI).
+* ``eval=cpu|frepo|smoke``: the evaluation protocol. ``cpu`` is FRePo's protocol at width 32;
+  ``frepo`` is FRePo's own (width 128); ``smoke`` trains 2 seeds for 5 steps.
+* presets: ``cpu`` = ``size=cpu,eval=cpu``; ``paper`` = ``size=paper,eval=frepo``;
+  ``smoke`` = ``size=smoke,eval=smoke``.
 
     python -m experiments.distill --dataset=fashion_mnist --ipc=10 --out=runs/fmnist_ipc10
     python -m experiments.distill --config=experiments/configs/distill.py:paper \
         --dataset=tfds:cifar10 --ipc=1,10,50 --out=runs/cifar10
+    python -m experiments.distill --config=experiments/configs/distill.py:size=paper,eval=cpu \
+        --dataset=fashion_mnist --ipc=10 --out=runs/paper_sizes_cpu_eval
     python -m experiments.distill --config=experiments/configs/distill.py:smoke \
         --dataset=digits --ipc=2 --out=/tmp/smoke --config.adapt.steps=3
 
-Any field can be overridden with ``--config.<path>=value``; ``--dataset``, ``--ipc``,
-``--steps``, ``--meta_checkpoint``, ``--out`` and ``--seed`` are shorthands.
+Any field can be overridden with ``--config.<path>=value`` (the config is locked, so a
+misspelled path is an error); ``--dataset``, ``--ipc``, ``--steps``, ``--meta_checkpoint``,
+``--out``, ``--seed``, ``--data_dir`` and ``--overwrite`` are shorthands.
 """
 
 from __future__ import annotations
@@ -32,52 +43,82 @@ from mgdd_jax import krr
 SHIPPED_META_CHECKPOINT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "meta_generator", "checkpoints")
 
-VARIANTS = ("cpu", "paper", "smoke")
+KNOBS: dict[str, tuple[str, ...]] = {"size": ("cpu", "paper", "smoke"),
+                                     "eval": ("cpu", "frepo", "smoke")}
+PRESETS: dict[str, dict[str, str]] = {
+    "cpu": {"size": "cpu", "eval": "cpu"},
+    "paper": {"size": "paper", "eval": "frepo"},
+    "smoke": {"size": "smoke", "eval": "smoke"},
+}
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """``"paper"`` or ``"size=paper,eval=cpu"`` (or a mix, later items win) -> knob values."""
+    knobs = dict(PRESETS["cpu"])
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            if item not in PRESETS:
+                raise ValueError(f"unknown distill config preset {item!r}; choose from "
+                                 f"{sorted(PRESETS)} or give knobs like size=paper,eval=cpu")
+            knobs.update(PRESETS[item])
+            continue
+        key, value = (s.strip() for s in item.split("=", 1))
+        if key not in KNOBS:
+            raise ValueError(f"unknown distill config knob {key!r}; knobs: {sorted(KNOBS)}")
+        if value not in KNOBS[key]:
+            raise ValueError(f"distill config knob {key}={value!r}; choose from {KNOBS[key]}")
+        knobs[key] = value
+    return knobs
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant = arg or "cpu"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown distill config variant {variant!r}; choose from {VARIANTS}")
+    knobs = parse_arg(arg)
     c = ml_collections.ConfigDict()
-    c.variant = variant
+    c.variant = ",".join(f"{k}={v}" for k, v in sorted(knobs.items()))
     c.dataset = "fashion_mnist"
     c.data_dir = ""
     c.ipc = "10"  # comma list, e.g. "1,10,50"
     c.seed = 0
     c.out = ""
+    c.overwrite = False  # replace an --out that already holds results
     c.meta_checkpoint = SHIPPED_META_CHECKPOINT
 
+    # Fig. 7 generator; image_channels is set from the data.
     c.generator = ml_collections.ConfigDict(
         dict(width=32, double_width=False, norm="instance", embed_dim=32, embed_channels=16,
-             core_channels=3)
-    )
+             core_channels=3))
+    # The random networks θ (Eq. 3) and θ* (Eq. 1); num_classes is set from the data.
     c.feature = ml_collections.ConfigDict(dict(width=64, depth=3, double_width=False,
                                                norm="instance"))
     c.labels = ml_collections.ConfigDict(dict(reg=krr.DEFAULT_REG, chunk_size=1024))
+    # Alg. 2, Tab. 7 (adaptation stage).
     c.adapt = ml_collections.ConfigDict(
-        dict(steps=1000, learning_rate=1e-4, final_lr_fraction=0.1, batch_size=512,
-             reg=krr.DEFAULT_REG,
+        dict(steps=1000, learning_rate=1e-4, final_lr_fraction=0.1, b1=0.9, b2=0.999,
+             batch_size=512, reg=krr.DEFAULT_REG,
              init_mode="auto",  # "auto": single for one IPC, multi over the IPCs otherwise
-             sizes="",  # comma list of IPCs adapted on; "" = the requested IPCs
-             label_mode="auto", log_every=10)
-    )
+             ipcs="",  # comma list of IPCs adapted on; "" = the requested IPCs
+             label_mode="auto",  # "auto": one-hot at IPC 1, Eq. 3 otherwise
+             log_every=10))
     c.eval = ml_collections.ConfigDict(
         dict(protocol="cpu", num_seeds=3, steps=0,  # 0: the protocol's steps-by-size table
              enabled=True,
-             random_baseline=True)  # also evaluate the initial real images, one-hot labels
-    )
+             random_baseline=True))  # also evaluate the initial real images, one-hot labels
 
-    if variant == "paper":
+    if knobs["size"] == "paper":
         c.generator.width = 64
         c.feature.width = 128
         c.adapt.batch_size = 1024
-        c.eval.protocol = "frepo"
-    elif variant == "smoke":
+    elif knobs["size"] == "smoke":
         c.meta_checkpoint = ""  # the shipped meta generator is width 32; smoke is width 4
         c.generator.update(width=4, embed_dim=8, embed_channels=2)
         c.feature.width = 4
         c.labels.chunk_size = 256
         c.adapt.update(steps=3, batch_size=30, log_every=1)
+    if knobs["eval"] == "frepo":
+        c.eval.protocol = "frepo"
+    elif knobs["eval"] == "smoke":
         c.eval.update(num_seeds=2, steps=5)
     return c
