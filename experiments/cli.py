@@ -1,8 +1,9 @@
-"""What every launcher shares: bad input ends the run with one line and exit status 2."""
+"""What every launcher shares: one-line errors with exit status 2, and quiet library logs."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 
@@ -18,3 +19,30 @@ def exit_on_bad_input() -> Iterator[None]:
     except BAD_INPUT as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def exit_on_failed_run(out: str) -> Iterator[None]:
+    """A numerical failure mid-run (a NaN loss, ...) ends in one line and exit status 1.
+
+    The launchers write their results atomically, so the line can say that ``out`` was left
+    as it was. Any other exception keeps its traceback (it is a bug, not bad input).
+    """
+    try:
+        yield
+    except FloatingPointError as e:
+        print(f"error: {e} Nothing was written: {out} was left as it was.", file=sys.stderr)
+        sys.exit(1)
+
+
+def quiet_library_logs() -> None:
+    """Keep the launchers' output to their own stage and progress lines.
+
+    orbax logs every checkpoint step at INFO through absl; only warnings and errors of the
+    libraries are shown.
+    """
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    for name in ("absl", "orbax", "jax", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -8,6 +8,6 @@ The array-in, array-out entry points are re-exported here from :mod:`mgdd_jax.ap
 
 __version__ = "0.1.0"
 
-from mgdd_jax.api import Distiller, default_config, evaluate, fit, load  # noqa: E402
+from mgdd_jax.api import Distiller, default_config, fit, load  # noqa: E402
 
-__all__ = ["Distiller", "__version__", "default_config", "evaluate", "fit", "load"]
+__all__ = ["Distiller", "__version__", "default_config", "fit", "load"]
