@@ -22,6 +22,11 @@ strengths (FRePo's values, re-implemented here from their description, not copie
   bilinear, edge mode.
 * ``cutout``: one ``H//4 x W//4`` hole, placed uniformly inside the image, set to 0.
 
+Each geometric operation is a random draw of its parameters (``crop_params``,
+``rotate_params``, ``translate_params``) followed by a deterministic ``apply_crop``,
+``apply_rotate`` or ``apply_translate``, all on one affine bilinear resampler whose edge rule is
+``scipy.ndimage``'s ``mode="nearest"`` (tested against ``scipy.ndimage.affine_transform``).
+
 Flips: FRePo drops ``flip`` for MNIST and Fashion-MNIST (``use_flip=False``); we keep that rule
 and extend it to other digit / character sets, where a mirrored sample is a different (or no)
 class: see :data:`NO_FLIP_DATASETS` and :func:`strategy_for_dataset`. The choice lives in the
@@ -149,11 +154,16 @@ def color_image(
     return x.astype(image.dtype)
 
 
-def crop_image(
-    key: chex.PRNGKey, image: jax.Array, zoom_range: tuple[float, float] = ZOOM_RANGE
-) -> jax.Array:
-    """Random-sized crop resized to the input size: log-uniform zoom, uniform centre offset."""
-    h, w = image.shape[0], image.shape[1]
+def crop_params(
+    key: chex.PRNGKey, shape: tuple[int, ...], zoom_range: tuple[float, float] = ZOOM_RANGE
+) -> tuple[jax.Array, jax.Array]:
+    """Random parameters of :func:`apply_crop` for an image of ``shape`` ``(H, W, ...)``.
+
+    Returns ``(zoom, centre)``: ``zoom`` log-uniform in ``zoom_range`` and a window centre
+    offset drawn uniformly such that a window smaller than the image (``zoom > 1``) stays
+    inside it: ``|centre| <= |size - size / zoom| / 2`` per axis.
+    """
+    h, w = shape[0], shape[1]
     kz, kr, kc = jax.random.split(key, 3)
     lo, hi = math.log(zoom_range[0]), math.log(zoom_range[1])
     zoom = jnp.exp(jax.random.uniform(kz, (), minval=lo, maxval=hi))
@@ -165,27 +175,70 @@ def crop_image(
             jax.random.uniform(kc, (), minval=-1.0, maxval=1.0) * lim_c,
         ]
     )
-    # zoom > 1 reads a window of size H/zoom: output u reads (u + shift) / zoom.
-    return _affine(image, jnp.eye(2) / zoom, shift / zoom)
+    return zoom, shift / zoom
+
+
+def apply_crop(image: jax.Array, zoom: jax.Array, centre: jax.Array) -> jax.Array:
+    """The ``H/zoom x W/zoom`` window centred ``centre`` (row, col) pixels off the image centre,
+    resized bilinearly to ``H x W`` (edge pixels repeated outside the image).
+
+    Output pixel ``u`` reads input ``c + centre + (u - c) / zoom``, ``c = ((H-1)/2, (W-1)/2)``.
+    """
+    return _affine(image, jnp.eye(2) / zoom, jnp.asarray(centre, jnp.float32))
+
+
+def crop_image(
+    key: chex.PRNGKey, image: jax.Array, zoom_range: tuple[float, float] = ZOOM_RANGE
+) -> jax.Array:
+    """Random-sized crop resized to the input size: log-uniform zoom, uniform centre offset."""
+    return apply_crop(image, *crop_params(key, image.shape, zoom_range))
+
+
+def rotate_params(key: chex.PRNGKey, max_degrees: float = MAX_DEGREES) -> jax.Array:
+    """A rotation angle in degrees, ``U(-max_degrees, max_degrees)``."""
+    return jax.random.uniform(key, (), minval=-max_degrees, maxval=max_degrees)
+
+
+def apply_rotate(image: jax.Array, degrees: jax.Array) -> jax.Array:
+    """Rotation by ``degrees`` about the image centre, bilinear, edge pixels repeated outside.
+
+    The convention of ``scipy.ndimage.rotate(image, degrees, reshape=False)``: positive angles
+    turn the content counter-clockwise as displayed (row 0 at the top).
+    """
+    theta = jnp.deg2rad(degrees)
+    c, s = jnp.cos(theta), jnp.sin(theta)
+    return _affine(image, jnp.array([[c, s], [-s, c]]), jnp.zeros(2))
 
 
 def rotate_image(
     key: chex.PRNGKey, image: jax.Array, max_degrees: float = MAX_DEGREES
 ) -> jax.Array:
     """Rotation by an angle drawn from ``U(-max_degrees, max_degrees)`` about the centre."""
-    theta = jnp.deg2rad(jax.random.uniform(key, (), minval=-max_degrees, maxval=max_degrees))
-    c, s = jnp.cos(theta), jnp.sin(theta)
-    return _affine(image, jnp.array([[c, s], [-s, c]]), jnp.zeros(2))
+    return apply_rotate(image, rotate_params(key, max_degrees))
+
+
+def translate_params(
+    key: chex.PRNGKey, shape: tuple[int, ...], ratio: float = TRANSLATE_RATIO
+) -> jax.Array:
+    """A ``(rows, cols)`` shift, each ``U(-ratio * size, ratio * size)`` (sub-pixel)."""
+    h, w = shape[0], shape[1]
+    limits = jnp.array([h * ratio, w * ratio], jnp.float32)
+    return -(jax.random.uniform(key, (2,), minval=-1.0, maxval=1.0) * limits)
+
+
+def apply_translate(image: jax.Array, shift: jax.Array) -> jax.Array:
+    """Move the content by ``shift`` (rows, cols) pixels, bilinear, edge pixels repeated.
+
+    The convention of ``scipy.ndimage.shift``: output pixel ``u`` reads input ``u - shift``.
+    """
+    return _affine(image, jnp.eye(2), -jnp.asarray(shift, jnp.float32))
 
 
 def translate_image(
     key: chex.PRNGKey, image: jax.Array, ratio: float = TRANSLATE_RATIO
 ) -> jax.Array:
     """Sub-pixel shift by up to ``ratio`` of the height / width in each direction."""
-    h, w = image.shape[0], image.shape[1]
-    limits = jnp.array([h * ratio, w * ratio], jnp.float32)
-    shift = jax.random.uniform(key, (2,), minval=-1.0, maxval=1.0) * limits
-    return _affine(image, jnp.eye(2), shift)
+    return apply_translate(image, translate_params(key, image.shape, ratio))
 
 
 def cutout_image(

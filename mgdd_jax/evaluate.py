@@ -44,11 +44,9 @@ that produced it.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -61,7 +59,7 @@ import optax
 
 from mgdd_jax import augment as augment_lib
 from mgdd_jax import krr, nets
-from mgdd_jax.progress import format_seconds
+from mgdd_jax.progress import Progress, stage
 
 # FRePo script/eval.py: number of images -> training steps.
 FREPO_STEPS_TABLE: tuple[tuple[int, int], ...] = (
@@ -77,9 +75,6 @@ FREPO_STEPS_TABLE: tuple[tuple[int, int], ...] = (
 
 # The "cpu" protocol's table: FRePo's steps capped at 2000 (1000 up to 10 images, 2000 above).
 CPU_STEPS_TABLE: tuple[tuple[int, int], ...] = ((10, 1000), (100, 2000))
-
-# Traces of the train step, for tests and diagnostics: one per new (protocol, shape).
-TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 
 ProgressArg = bool | Callable[[dict[str, Any]], None] | None
 
@@ -233,11 +228,8 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     # The same for MNIST-like data (FRePo's use_flip=False).
     "frepo_noflip": EvalProtocol(name="frepo_noflip", augment=augment_lib.FREPO_STRATEGY_NO_FLIP),
     # CPU-affordable: width 32 and FRePo's steps capped at 2000; everything else as "frepo".
-    # On this 2-core CPU a width-32 step costs ~0.4 ms per image in the batch (28x28x1 and
-    # 32x32x3) against ~3.5 ms at width 128, and 10k test images take <1 s. Measured on
-    # Fashion-MNIST random real images (standardised, 3 seeds, GPU): IPC 1 44.8 vs 49.6 (frepo),
-    # IPC 10 75.0 vs 75.5, IPC 50 80.2 vs 82.3: lower, most at IPC 1 (width), so "cpu" numbers
-    # are for comparing methods with each other, not with published FRePo / MGDD numbers.
+    # Its accuracies are lower than "frepo"'s (README), so "cpu" numbers are for comparing
+    # methods with each other, not with published FRePo / MGDD numbers.
     "cpu": EvalProtocol(name="cpu", width=32, steps_table=CPU_STEPS_TABLE),
 }
 
@@ -369,7 +361,6 @@ def _build_train_step(
     has_bn = config.norm == "batch"
 
     def step_fn(state, key, x_syn, y_syn):
-        TRACE_COUNTS["train_step"] += 1  # Python side effect: runs once per trace
         chex.assert_rank(x_syn, 4)
         chex.assert_shape(y_syn, (n_syn, num_classes))
         step = state["step"]
@@ -406,21 +397,6 @@ def _build_train_step(
     return jax.jit(step_fn, donate_argnums=0)
 
 
-def print_progress(prefix: str = "") -> Callable[[dict[str, Any]], None]:
-    """A progress callback that prints one line to stderr per call."""
-
-    def report(info: dict[str, Any]) -> None:
-        print(
-            f"{prefix}step {info['step']}/{info['steps']}  loss {info['loss']:.4g}  "
-            f"lr {info['learning_rate']:.2e}  {info['steps_per_second']:.1f} step/s  "
-            f"ETA {format_seconds(info['eta_seconds'])}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    return report
-
-
 def train_on_synthetic(
     key: chex.PRNGKey,
     x_syn: chex.Array,
@@ -439,9 +415,10 @@ def train_on_synthetic(
         ids (-> centred one-hot).
       protocol: an :class:`EvalProtocol` or a key of :data:`PROTOCOLS`.
       num_classes: only for integer ``y_syn`` (default ``max + 1``).
-      progress: ``None`` / ``False`` silent; ``True`` prints to stderr; a callable gets a dict
-        (``step, steps, loss, learning_rate, steps_per_second, eta_seconds``) about every 10%
-        of the steps.
+      progress: ``None`` / ``False`` silent; ``True`` shows a
+        :class:`~mgdd_jax.progress.Progress` line on stderr; a callable gets a dict (``step,
+        steps, loss, learning_rate, steps_per_second, eta_seconds``) about every 10% of the
+        steps.
 
     Returns:
       ``(variables, metrics)``: flax variables for :func:`accuracy`, and ``{"steps",
@@ -469,13 +446,12 @@ def _train(
     num_classes: int,
     protocol: EvalProtocol,
     progress: ProgressArg,
+    name: str = "eval",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     n = x.shape[0]
     steps = protocol.steps_for(n)
     config = protocol.arch(num_classes)
     step_fn = _build_train_step(protocol, num_classes, n, steps)
-    if progress is True:
-        progress = print_progress()
     report = progress if callable(progress) else None
 
     init_key, train_key = jax.random.split(key)
@@ -497,6 +473,7 @@ def _train(
     start = time.perf_counter()
     first_step_done: float | None = None
     metrics: dict[str, jax.Array] = {}
+    bar = Progress(name, steps) if progress is True else None
 
     def check(step: int, loss: jax.Array) -> None:
         value = float(loss)  # a scalar device -> host copy
@@ -523,6 +500,8 @@ def _train(
             mean_loss = float(loss_sum) / since_log
             loss_log.append([step + 1, mean_loss])
             loss_sum, since_log = jnp.zeros((), jnp.float32), 0
+            if bar is not None:
+                bar.update(step + 1, {"loss": mean_loss, "lr": metrics["learning_rate"]})
             if report is not None:
                 now = time.perf_counter()
                 done = step  # steps after the first (compiling) one
@@ -621,7 +600,8 @@ def evaluate_synthetic(
         ids or ``(n, C)`` rows.
       protocol: an :class:`EvalProtocol` or a key of :data:`PROTOCOLS`.
       num_classes: only for integer ``y_syn`` (default: ``max + 1`` over y_syn and y_test).
-      progress: print a progress line to stderr about every 10% of each run.
+      progress: show a :class:`~mgdd_jax.progress.Progress` line on stderr during each run
+        (at most every 2 s, and at the end) and each seed's test accuracy.
 
     Returns:
       JSON-serialisable ``{"mean", "std", "per_seed", "protocol", "seconds", "steps",
@@ -653,17 +633,15 @@ def evaluate_synthetic(
     steps = protocol.steps_for(x.shape[0])
     x_dev = jnp.asarray(x, jnp.float32)
     for i in range(protocol.num_seeds):
-        report = print_progress(f"[eval seed {i + 1}/{protocol.num_seeds}] ") if progress else None
-        variables, metrics = _train(jax.random.fold_in(key, i), x_dev, y, c, protocol, report)
+        name = f"eval seed {i + 1}/{protocol.num_seeds}"
+        variables, metrics = _train(
+            jax.random.fold_in(key, i), x_dev, y, c, protocol, progress, name
+        )
         acc = accuracy(variables, xt, labels, arch, protocol.test_batch_size)
         per_seed.append(acc)
         final_losses.append(metrics["final_loss"])
         if progress:
-            print(
-                f"[eval seed {i + 1}/{protocol.num_seeds}] test accuracy {100 * acc:.2f}%",
-                file=sys.stderr,
-                flush=True,
-            )
+            stage(f"{name}: test accuracy {100 * acc:.2f}%")
     result = {
         "mean": float(np.mean(per_seed)),
         "std": float(np.std(per_seed)),
@@ -678,10 +656,8 @@ def evaluate_synthetic(
         "final_losses": final_losses,
     }
     if progress:
-        print(
-            f"[eval] {protocol.name}: {100 * result['mean']:.2f} ± {100 * result['std']:.2f}% "
-            f"over {protocol.num_seeds} seed(s), {result['seconds']:.0f}s",
-            file=sys.stderr,
-            flush=True,
+        stage(
+            f"eval {protocol.name}: {100 * result['mean']:.2f} ± {100 * result['std']:.2f}% "
+            f"over {protocol.num_seeds} seed(s), {result['seconds']:.0f}s"
         )
     return result

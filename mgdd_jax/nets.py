@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Norm = Literal["none", "batch", "instance", "layer"]
 NORMS: tuple[str, ...] = ("none", "batch", "instance", "layer")
 
 
@@ -138,11 +137,3 @@ def conv_features(
     else:
         features, _ = ConvNet(config).apply(variables, x, train=False)
     return features
-
-
-def random_features(
-    key: chex.PRNGKey, x: chex.Array, config: ConvNetConfig
-) -> jax.Array:
-    """Features of ``x`` under a freshly drawn θ: ``f_θ(x)`` with ``θ ~ init(key)``."""
-    _check_images(x)
-    return conv_features(init_feature_params(key, x.shape[1:], config), x, config)

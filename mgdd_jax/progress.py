@@ -75,7 +75,7 @@ class Progress:
         elapsed = now - self.start
         frac = step / self.total if self.total else 1.0
         eta = elapsed / step * (self.total - step) if step else float("nan")
-        filled = int(round(frac * self.width))
+        filled = round(frac * self.width)
         bar = "#" * filled + "." * (self.width - filled)
         mets = "  ".join(f"{k}={v:.4g}" for k, v in self.last_metrics.items())
         eta_s = format_seconds(eta) if step else "  ?  "

@@ -99,15 +99,6 @@ def test_batch_norm_uses_batch_statistics():
     )
 
 
-def test_random_features_same_key_same_theta():
-    cfg = nets.ConvNetConfig(width=4)
-    xs = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
-    xt = jax.random.normal(jax.random.key(2), (5, 8, 8, 1))
-    key = jax.random.key(7)
-    both = nets.random_features(key, jnp.concatenate([xs, xt]), cfg)
-    np.testing.assert_allclose(nets.random_features(key, xs, cfg), both[:3], rtol=1e-5, atol=1e-6)
-
-
 def test_bad_config_and_input():
     with pytest.raises(ValueError, match="norm must be one of"):
         nets.ConvNetConfig(norm="group")
