@@ -14,8 +14,11 @@ goes elsewhere; load it with ``--data_dir=PATH``. Fonts come from ``--font_dirs`
 (default ``/usr/share/fonts``); for more classes ``apt-get install fonts-dejavu-core
 fonts-noto-core`` (DejaVu alone gives about 4500 classes, with Noto core about 9200).
 
-Prints the fonts found, the classes available, the time taken, the output path and its
-size. Bad input or too few fonts: one ``error:`` line, exit status 2, nothing written.
+Reports the fonts found and the classes available (timestamped stage lines of
+``mgdd_jax.progress.stage``), a ``mgdd_jax.progress.Progress`` line while rendering, then
+the time taken, the output path and its size. Bad input, too few fonts or an unwritable
+``--out``: one ``error:`` line, exit status 2, nothing written. The builder itself is
+``mgdd_jax.glyph_corpus``.
 """
 
 from __future__ import annotations
@@ -26,88 +29,74 @@ import time
 
 from absl import app, flags, logging
 
-from mgdd_jax.data import glyphs
+from experiments.cli import exit_on_bad_input
+from mgdd_jax import glyph_corpus
+from mgdd_jax.progress import Progress, stage
 
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", glyphs.DEFAULT_NUM_CLASSES,
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", glyph_corpus.DEFAULT_NUM_CLASSES,
                                     "Number of classes (characters).")
-_PER_CLASS = flags.DEFINE_integer("per_class", glyphs.DEFAULT_PER_CLASS, "Samples per class.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", glyphs.DEFAULT_IMAGE_SIZE,
+_PER_CLASS = flags.DEFINE_integer("per_class", glyph_corpus.DEFAULT_PER_CLASS,
+                                  "Samples per class.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", glyph_corpus.DEFAULT_IMAGE_SIZE,
                                    "Side of the square images in pixels.")
-_SEED = flags.DEFINE_integer("seed", glyphs.DEFAULT_SEED,
+_SEED = flags.DEFINE_integer("seed", glyph_corpus.DEFAULT_SEED,
                              "Seed of jax.random.key (classes, rendering, colours, split).")
 _OUT = flags.DEFINE_string("out", None,
                            "Output .npz (default: the cache path load_dataset looks at).")
-_FONT_DIRS = flags.DEFINE_list("font_dirs", list(glyphs.DEFAULT_FONT_DIRS),
+_FONT_DIRS = flags.DEFINE_list("font_dirs", list(glyph_corpus.DEFAULT_FONT_DIRS),
                                "Comma-separated directories searched for .ttf/.otf fonts.")
-_MIN_FONTS = flags.DEFINE_integer("min_fonts", glyphs.DEFAULT_MIN_FONTS,
+_MIN_FONTS = flags.DEFINE_integer("min_fonts", glyph_corpus.DEFAULT_MIN_FONTS,
                                   "A character must be drawn by at least this many fonts.")
-
-
-def _progress_printer(start: float):
-    """A progress callback printing about every tenth of the classes."""
-
-    def progress(done: int, total: int) -> None:
-        if done == total or done % max(total // 10, 1) == 0:
-            elapsed = time.perf_counter() - start
-            print(f"  rendered {done}/{total} classes ({elapsed:.1f} s)", file=sys.stderr,
-                  flush=True)
-
-    return progress
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    try:
+    with exit_on_bad_input():  # includes DatasetNotFoundError: too few fonts or classes
         for flag in (_NUM_CLASSES, _PER_CLASS, _IMAGE_SIZE, _MIN_FONTS):
             if flag.value < 1:
                 raise ValueError(f"--{flag.name} must be >= 1, got {flag.value}")
         if _SEED.value < 0:
             raise ValueError(f"--seed must be >= 0, got {_SEED.value}")
-        spec = glyphs.CorpusSpec(_NUM_CLASSES.value, _PER_CLASS.value, _IMAGE_SIZE.value,
-                                 _SEED.value)
-        out = _OUT.value or os.fspath(glyphs.default_corpus_path(
+        spec = glyph_corpus.CorpusSpec(_NUM_CLASSES.value, _PER_CLASS.value, _IMAGE_SIZE.value,
+                                       _SEED.value)
+        out = _OUT.value or os.fspath(glyph_corpus.default_corpus_path(
             spec.num_classes, spec.per_class, spec.image_size, spec.seed))
         if not out.endswith(".npz"):
             raise ValueError(f"--out must name a .npz file, got {out!r}")
 
         start = time.perf_counter()
-        fonts = glyphs.find_fonts(_FONT_DIRS.value)
-        print(f"fonts: {len(fonts)} in {', '.join(_FONT_DIRS.value)}", file=sys.stderr)
+        fonts = glyph_corpus.find_fonts(_FONT_DIRS.value)
+        stage(f"fonts: {len(fonts)} in {', '.join(_FONT_DIRS.value)}")
         if not fonts:
-            raise ValueError(glyphs.no_fonts_message(_FONT_DIRS.value))
-        charset = glyphs.scan_charset(fonts, min_fonts=_MIN_FONTS.value)
+            raise ValueError(glyph_corpus.no_fonts_message(_FONT_DIRS.value))
+        charset = glyph_corpus.scan_charset(fonts, min_fonts=_MIN_FONTS.value)
         scan_s = time.perf_counter() - start
-        print(f"classes available: {len(charset)} (drawn by >= {_MIN_FONTS.value} fonts; "
+        stage(f"classes available: {len(charset)} (drawn by >= {_MIN_FONTS.value} fonts; "
               f"{charset.merged} homoglyphs merged, {len(charset.digit_lookalikes)} digit "
-              f"look-alikes dropped; scan {scan_s:.1f} s)", file=sys.stderr, flush=True)
-        render_start = time.perf_counter()
-        corpus = glyphs.render_glyph_corpus(
-            glyphs.corpus_key(spec.seed), spec.num_classes, spec.per_class, spec.image_size,
-            min_fonts=_MIN_FONTS.value, charset=charset,
-            progress=_progress_printer(render_start),
+              f"look-alikes dropped; scan {scan_s:.1f} s)")
+        bar = Progress("rendering classes", spec.num_classes)
+        corpus = glyph_corpus.render_glyph_corpus(
+            glyph_corpus.corpus_key(spec.seed), spec.num_classes, spec.per_class,
+            spec.image_size, min_fonts=_MIN_FONTS.value, charset=charset,
+            progress=lambda done, total: bar.update(done),
         )
-    except ValueError as e:  # includes DatasetNotFoundError: too few fonts or classes
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    render_s = time.perf_counter() - render_start
-    manifest = glyphs.make_manifest(corpus, seed=spec.seed, fonts=fonts,
-                                    min_fonts=_MIN_FONTS.value, available_classes=len(charset))
+        render_s = bar.close()
+    manifest = glyph_corpus.make_manifest(corpus, seed=spec.seed, fonts=fonts,
+                                          min_fonts=_MIN_FONTS.value,
+                                          available_classes=len(charset))
     try:
-        path = glyphs.save_corpus(out, corpus, manifest)
+        path = glyph_corpus.save_corpus(out, corpus, manifest)
     except OSError as e:
         print(f"error: cannot write {out}: {e}", file=sys.stderr)
         sys.exit(2)
     n = corpus.masks.shape[0]
-    print(
-        f"rendered {n} images ({spec.num_classes} classes x {spec.per_class}, "
-        f"{spec.image_size}x{spec.image_size}) in {render_s:.1f} s ({n / render_s:.0f} images/s); "
-        f"total {time.perf_counter() - start:.1f} s\n"
-        f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB; "
-        f"{len(manifest['fonts'])} fonts used)",
-        file=sys.stderr,
-    )
+    stage(f"rendered {n} images ({spec.num_classes} classes x {spec.per_class}, "
+          f"{spec.image_size}x{spec.image_size}) in {render_s:.1f} s "
+          f"({n / max(render_s, 1e-9):.0f} images/s); total {time.perf_counter() - start:.1f} s")
+    stage(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB; "
+          f"{len(manifest['fonts'])} fonts used)")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _idx_writer import encode_idx
 
-from mgdd_jax import data
-from mgdd_jax.data import idx, preprocess, sources
+from mgdd_jax import data, outputs
+from mgdd_jax.data import idx, preprocess, sources, validation
 
 FASHION_DIR = Path(sources.FASHION_MNIST_DEFAULT_DIR)
 
@@ -51,7 +52,7 @@ def _valid_npz_arrays(seed: int = 0, n_train: int = 24, n_test: int = 9, shape=(
 
 def _write_idx_gz(path: Path, array: np.ndarray) -> None:
     with gzip.open(path, "wb") as f:
-        f.write(idx.encode_idx(array))
+        f.write(encode_idx(array))
 
 
 def _write_tiny_fashion_dir(directory: Path, n_train: int = 20, n_test: int = 10) -> dict:
@@ -165,7 +166,7 @@ def test_fashion_mnist_missing_files(tmp_path):
 
 def test_idx_roundtrip_other_dtypes():
     for array in (np.arange(6, dtype=np.int32).reshape(2, 3), np.linspace(0, 1, 4)):
-        parsed = idx.parse_idx(idx.encode_idx(array))
+        parsed = idx.parse_idx(encode_idx(array))
         np.testing.assert_array_equal(parsed, array)
         assert parsed.dtype == array.dtype
 
@@ -280,8 +281,8 @@ def test_npz_uint8_grayscale(tmp_path):
 
 
 def test_npz_float_nhwc_with_class_names(tmp_path):
-    x_train = _uint8_images(2, (10, 3, 3, 3)).astype(np.float64) / 255.0
-    x_test = _uint8_images(3, (5, 3, 3, 3)).astype(np.float32) / 255.0
+    x_train = _uint8_images(2, (10, 4, 4, 3)).astype(np.float64) / 255.0
+    x_test = _uint8_images(3, (5, 4, 4, 3)).astype(np.float32) / 255.0
     _save_npz(
         tmp_path / "rgb.npz",
         x_train=x_train,
@@ -293,7 +294,7 @@ def test_npz_float_nhwc_with_class_names(tmp_path):
     # A relative path is resolved against data_dir.
     ds = data.load_dataset("npz:rgb.npz", data_dir=tmp_path)
     assert ds.class_names == ("a", "b", "c", "d", "e") and ds.num_classes == 5
-    assert ds.x_train.shape == (10, 3, 3, 3) and ds.channels == 3
+    assert ds.x_train.shape == (10, 4, 4, 3) and ds.channels == 3
     mean = x_train.mean(axis=(0, 1, 2))
     std = x_train.std(axis=(0, 1, 2))
     np.testing.assert_allclose(ds.preprocessing.mean, mean, rtol=1e-5)
@@ -345,8 +346,11 @@ def _constant_channel(arrays):
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (_set("y_train", _balanced_labels(24, 3) + 1), r"class id 3 but there are only 3"),
-        (_set("y_test", -_balanced_labels(9, 3)), r"negative class id -2"),
+        (_set("y_train", _balanced_labels(24, 3) + 1),
+         (r"y_train of .* contains label 3 \(8 out-of-range labels\), but the file declares 3 "
+          r"classes \(num_classes=3\), so labels must be in \[0, 3\); they look 1-based")),
+        (_set("y_test", -_balanced_labels(9, 3)),
+         r"y_test of .* contains label -2 .* declares 3 classes \(num_classes=3\), .*; remap"),
         (_set("y_train", _balanced_labels(24, 3).astype(np.float32)), r"integer dtype.*astype"),
         (_set("x_train", np.zeros((24, 16), np.uint8)), r"rank 3 .* or 4 .* got rank 2"),
         (_set("x_test", np.zeros((9, 1, 4, 4, 2), np.uint8)), r"got rank 5"),
@@ -372,8 +376,113 @@ def test_bad_npz_inputs(tmp_path, edit, match):
 
 def test_class_names_count_mismatch(tmp_path):
     name = _save_npz(tmp_path / "a.npz", class_names=np.array(["x", "y"]), **_valid_npz_arrays())
-    with pytest.raises(ValueError, match="class id 2 but there are only 2 classes"):
+    with pytest.raises(ValueError, match=r"^\S+a\.npz stores num_classes=3 but 2 class_names"):
         data.load_dataset(name)
+
+
+def test_label_past_declared_class_names(tmp_path):
+    arrays = _valid_npz_arrays()
+    del arrays["num_classes"]
+    name = _save_npz(tmp_path / "a.npz", class_names=np.array(["x", "y"]), **arrays)
+    with pytest.raises(ValueError) as info:
+        data.load_dataset(name)
+    message = str(info.value)
+    assert "\n" not in message and "IPC" not in message
+    assert message.startswith(f"y_train of {tmp_path / 'a.npz'} contains label 2 (8 out-of")
+    assert "declares 2 classes (2 class_names), so labels must be in [0, 2)" in message
+
+
+def _load_with_poisoned_images(name: str, monkeypatch):
+    """load_dataset(name), failing the test if image conversion (the first work) starts."""
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the bad input should have been refused before any work")
+
+    monkeypatch.setattr(validation, "images_to_unit", no_work)
+    return data.load_dataset(name)
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((24, 1, 28, 28), (r"\(24, 1, 28, 28\), which looks channels-first .* 28-channel "
+                           r"images of height 1; .* np\.transpose\(x, \(0, 2, 3, 1\)\) "
+                           r"\(giving shape \(24, 28, 28, 1\)\)$")),
+        ((24, 3, 32, 32), r"\(24, 3, 32, 32\), which looks channels-first"),
+        ((24, 4, 4, 8), r"\(24, 4, 4, 8\), which looks channels-first"),
+        ((24, 2, 28, 28), (r"\(24, 2, 28, 28\), read as \(N, H, W, C\) images of height 2 "
+                           r"pixels; .* np\.transpose\(x, \(0, 2, 3, 1\)\)")),
+        ((24, 1, 784), r"\(24, 1, 784\), read as \(N, H, W\) images of height 1 .* reshape"),
+        ((24, 3, 3, 3), r"\(24, 3, 3, 3\), .* height 3 pixels; images must be at least 4 pixels high"),
+    ],
+)
+def test_npz_implausible_image_layout(tmp_path, monkeypatch, shape, match):
+    arrays = _valid_npz_arrays()
+    arrays["x_train"] = np.zeros(shape, np.uint8)
+    name = _save_npz(tmp_path / "cf.npz", **arrays)
+    with pytest.raises(ValueError, match=r"^x_train of dataset 'npz:\S+cf\.npz' has shape " + match) as info:
+        _load_with_poisoned_images(name, monkeypatch)
+    assert "\n" not in str(info.value)
+
+
+def test_in_memory_channels_first_is_refused(monkeypatch):
+    from mgdd_jax.data import load
+
+    x, y = np.zeros((6, 3, 8, 8), np.uint8), _balanced_labels(6, 3)
+    raw = data.RawData(x_train=x, y_train=y, x_test=x, y_test=y, num_classes=3,
+                       class_names=("a", "b", "c"))
+    monkeypatch.setattr(validation, "images_to_unit", lambda *a: pytest.fail("work started"))
+    with pytest.raises(ValueError, match=r"^x_train of dataset 'arrays' has shape \(6, 3, 8, 8\), "
+                       r"which looks channels-first .* \(giving shape \(6, 8, 8, 3\)\)$"):
+        load.dataset_from_raw("arrays", raw)
+
+
+def test_npz_channels_last_after_transpose_loads(tmp_path):
+    arrays = _valid_npz_arrays(shape=(2, 6, 6))  # (N, C, H, W): 2 channels of 6x6
+    with pytest.raises(ValueError, match="at least 4 pixels high"):
+        data.load_dataset(_save_npz(tmp_path / "a.npz", **arrays))
+    for key in ("x_train", "x_test"):
+        arrays[key] = np.transpose(arrays[key], (0, 2, 3, 1))
+    ds = data.load_dataset(_save_npz(tmp_path / "b.npz", **arrays))
+    assert ds.image_shape == (6, 6, 2)
+
+
+@pytest.mark.parametrize(
+    "y_train, y_test, match",
+    [
+        # 1-based labels: class 0 would be an empty extra class.
+        (_balanced_labels(24, 3) + 1, _balanced_labels(9, 3) + 1,
+         r"taken to be 0\.\.3 .* y_train has no label 0 \(1 of 4 classes empty\); .* y - 1"),
+        # A stray label one past the last class, in the test split only.
+        (_balanced_labels(24, 3), np.array([0, 1, 2, 3, 0, 1, 2, 0, 1]),
+         r"taken to be 0\.\.3 .* y_train has no label 3 \(1 of 4 classes empty\)"),
+    ],
+)
+def test_npz_inferred_classes_must_all_be_in_train(tmp_path, monkeypatch, y_train, y_test, match):
+    arrays = _valid_npz_arrays()
+    del arrays["num_classes"]
+    arrays.update(y_train=y_train, y_test=y_test)
+    name = _save_npz(tmp_path / "a.npz", **arrays)
+    with pytest.raises(ValueError, match=r"^\S+a\.npz stores no num_classes or class_names, so its "
+                       r"classes are " + match) as info:
+        _load_with_poisoned_images(name, monkeypatch)
+    assert "IPC" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", [np.array([3, 4]), np.array(2.5), np.array(0), np.array("3")])
+def test_npz_bad_num_classes(tmp_path, value):
+    arrays = _valid_npz_arrays()
+    arrays["num_classes"] = value
+    name = _save_npz(tmp_path / "a.npz", **arrays)
+    with pytest.raises(ValueError, match=r"'num_classes' must be one integer >= 1, got .*"
+                       r"np\.array\(NUM_CLASSES\)$"):
+        data.load_dataset(name)
+
+
+def test_npz_whole_float_num_classes_is_accepted(tmp_path):
+    arrays = _valid_npz_arrays()
+    arrays["num_classes"] = np.array(4.0)
+    assert data.load_dataset(_save_npz(tmp_path / "a.npz", **arrays)).num_classes == 4
 
 
 @pytest.mark.parametrize("zca_reg", [0.0, -1.0, float("nan"), "0.1"])
@@ -394,7 +503,8 @@ def test_unknown_dataset_lists_options():
         data.load_dataset("cifar10")
     for option in ("digits", "fashion_mnist", "tfds:", "npz:"):
         assert option in str(info.value)
-    assert data.available_datasets() == [
+    assert not hasattr(data, "available_datasets")  # one list: the registry's
+    assert sources.available_datasets() == [
         "digits", "fashion_mnist", "glyphs", "glyphs:classes=C,per_class=N", "npz:PATH",
         "tfds:NAME",
     ]
@@ -420,12 +530,12 @@ def _reference_zca(x01_train: np.ndarray, reg: float):
 
 
 def test_zca_matches_reference(tmp_path):
-    arrays = _valid_npz_arrays(seed=5, n_train=60, n_test=7, shape=(3, 3, 2))
+    arrays = _valid_npz_arrays(seed=5, n_train=60, n_test=7, shape=(4, 4, 2))
     name = _save_npz(tmp_path / "z.npz", **arrays)
     ds = data.load_dataset(name, zca=True, zca_reg=0.2, cache_dir=tmp_path / "c")
     x01 = arrays["x_train"] / 255.0
     mean, std, w, cov = _reference_zca(x01, 0.2)
-    assert ds.preprocessing.zca.shape == (18, 18) and ds.preprocessing.zca.dtype == np.float32
+    assert ds.preprocessing.zca.shape == (32, 32) and ds.preprocessing.zca.dtype == np.float32
     np.testing.assert_allclose(ds.preprocessing.zca, w, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ds.preprocessing.zca, ds.preprocessing.zca.T, atol=1e-6)
     x_test = ((arrays["x_test"] / 255.0 - mean) / std).reshape(7, -1) @ w
@@ -441,7 +551,7 @@ def test_zca_matches_reference(tmp_path):
         ds.preprocessing.apply(arrays["x_test"] / 255.0), ds.x_test, rtol=1e-5, atol=1e-5
     )
     described = json.loads(json.dumps(ds.metadata()))["preprocessing"]
-    assert described["zca"] is True and described["zca_dim"] == 18
+    assert described["zca"] is True and described["zca_dim"] == 32
     assert described["zca_reg"] == 0.2
 
 
@@ -466,6 +576,29 @@ def test_zca_cache_hit(tmp_path, monkeypatch):
     data.load_dataset(name, zca=True, zca_reg=0.3)  # another key
     assert calls == [0.1, 0.3]
     assert not list(files[0].parent.glob(".tmp-*"))  # no leftover temp files
+
+
+def test_zca_cache_goes_through_atomic_path(tmp_path, monkeypatch):
+    name = _save_npz(tmp_path / "z.npz", **_valid_npz_arrays(seed=6))
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(outputs.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(outputs.os, "replace",
+                        lambda a, b: events.append(("replace", Path(b).suffix)) or real_replace(a, b))
+    data.load_dataset(name, zca=True, cache_dir=tmp_path / "c")
+    assert events == ["fsync", ("replace", ".npy")]  # contents on disk before the rename
+    (cached,) = (tmp_path / "c" / "zca").glob("*.npy")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert cached.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_atomic_path_failure_leaves_nothing(tmp_path):
+    target = tmp_path / "sub" / "x.npy"
+    with pytest.raises(RuntimeError, match="boom"), outputs.atomic_path(str(target), ".npy") as tmp:
+        Path(tmp).write_bytes(b"partial")
+        raise RuntimeError("boom")
+    assert list((tmp_path / "sub").iterdir()) == []
 
 
 def test_zca_unwritable_cache_warns(tmp_path):

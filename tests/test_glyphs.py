@@ -1,4 +1,5 @@
-"""Tests for the glyph corpus (mgdd_jax.data.glyphs) and its ``glyphs`` data source.
+"""Tests for the glyph corpus builder (mgdd_jax.glyph_corpus) and its reader, the ``glyphs``
+data source (mgdd_jax.data.glyphs).
 
 They render tiny corpora (a few classes x 4 samples at 16x16) from three DejaVu fonts
 (Debian package fonts-dejavu-core), and are skipped where those are not installed.
@@ -6,6 +7,7 @@ They render tiny corpora (a few classes x 4 samples at 16x16) from three DejaVu 
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from mgdd_jax import data
+from mgdd_jax import data, glyph_corpus
 from mgdd_jax.data import glyphs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,20 +41,20 @@ def font_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def charset(font_dir) -> glyphs.Charset:
-    return glyphs.scan_charset(glyphs.find_fonts([font_dir]))
+def charset(font_dir) -> glyph_corpus.Charset:
+    return glyph_corpus.scan_charset(glyph_corpus.find_fonts([font_dir]))
 
 
 @pytest.fixture(scope="module")
-def corpus(charset) -> glyphs.GlyphCorpus:
-    return glyphs.render_glyph_corpus(jax.random.key(0), 5, 4, 16, charset=charset)
+def corpus(charset) -> glyph_corpus.GlyphCorpus:
+    return glyph_corpus.render_glyph_corpus(jax.random.key(0), 5, 4, 16, charset=charset)
 
 
-def _tiny_corpus_file(path: Path, charset: glyphs.Charset, seed: int = 3) -> Path:
-    corpus = glyphs.render_glyph_corpus(glyphs.corpus_key(seed), 6, 4, 16, charset=charset)
-    manifest = glyphs.make_manifest(corpus, seed=seed, fonts=charset.fonts,
+def _tiny_corpus_file(path: Path, charset: glyph_corpus.Charset, seed: int = 3) -> Path:
+    corpus = glyph_corpus.render_glyph_corpus(glyphs.corpus_key(seed), 6, 4, 16, charset=charset)
+    manifest = glyph_corpus.make_manifest(corpus, seed=seed, fonts=charset.fonts,
                                     available_classes=len(charset))
-    return glyphs.save_corpus(path, corpus, manifest)
+    return glyph_corpus.save_corpus(path, corpus, manifest)
 
 
 # ---------------------------------------------------------------------------
@@ -65,20 +67,21 @@ def test_find_fonts_sorted_and_filtered(tmp_path, font_dir):
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "DejaVuSerif.ttf").symlink_to(DEJAVU / "DejaVuSerif.ttf")
-    assert glyphs.find_fonts([tmp_path, tmp_path / "missing"]) == [DEJAVU / "DejaVuSerif.ttf"]
-    fonts = glyphs.find_fonts([font_dir])
+    found = glyph_corpus.find_fonts([tmp_path, tmp_path / "missing"])
+    assert found == [DEJAVU / "DejaVuSerif.ttf"]
+    fonts = glyph_corpus.find_fonts([font_dir])
     assert fonts == sorted(fonts) and [p.name for p in fonts] == sorted(TEST_FONTS)
 
 
 @pytest.mark.parametrize("char", ["5", "٣", "²", "①", "½", "Ⅳ", "Ａ", "ﬁ", " ", "\u00a0",
                                   "\u200b", "\n", "\u0301", "\ue000"])
 def test_ineligible_characters(char):
-    assert not glyphs.is_eligible_character(char)
+    assert not glyph_corpus.is_eligible_character(char)
 
 
 @pytest.mark.parametrize("char", ["A", "z", "Ж", "λ", "→", "@", "ß"])
 def test_eligible_characters(char):
-    assert glyphs.is_eligible_character(char)
+    assert glyph_corpus.is_eligible_character(char)
 
 
 def test_charset_has_no_digits_marks_or_homoglyphs(charset):
@@ -91,12 +94,12 @@ def test_charset_has_no_digits_marks_or_homoglyphs(charset):
     assert "A" in chars and "\u0391" not in chars and "\u0410" not in chars
     # Cyrillic Ze is drawn like the digit 3 in some fonts.
     assert "\u0417" not in chars
-    assert all(len(c) >= glyphs.DEFAULT_MIN_FONTS for c in charset.covering)
+    assert all(len(c) >= glyph_corpus.DEFAULT_MIN_FONTS for c in charset.covering)
 
 
 def test_too_many_classes_is_an_error(charset):
     with pytest.raises(data.DatasetNotFoundError, match="fonts-noto-core"):
-        glyphs.choose_classes(jax.random.key(0), charset, len(charset) + 1)
+        glyph_corpus.choose_classes(jax.random.key(0), charset, len(charset) + 1)
 
 
 # ---------------------------------------------------------------------------
@@ -120,19 +123,19 @@ def test_corpus_shapes_and_content(corpus):
 
 
 def test_rendering_is_deterministic(charset, font_dir, corpus):
-    again = glyphs.render_glyph_corpus(jax.random.key(0), 5, 4, 16, fonts=[
+    again = glyph_corpus.render_glyph_corpus(jax.random.key(0), 5, 4, 16, fonts=[
         font_dir / name for name in TEST_FONTS])  # scans the fonts itself
     assert again.masks.tobytes() == corpus.masks.tobytes()
     assert again.chars == corpus.chars and again.font_names == corpus.font_names
-    other = glyphs.render_glyph_corpus(jax.random.key(1), 5, 4, 16, charset=charset)
+    other = glyph_corpus.render_glyph_corpus(jax.random.key(1), 5, 4, 16, charset=charset)
     assert other.masks.tobytes() != corpus.masks.tobytes()
 
 
 def test_render_rejects_bad_arguments(charset):
     with pytest.raises(ValueError, match="per_class"):
-        glyphs.render_glyph_corpus(jax.random.key(0), 2, 0, 16, charset=charset)
+        glyph_corpus.render_glyph_corpus(jax.random.key(0), 2, 0, 16, charset=charset)
     with pytest.raises(data.DatasetNotFoundError, match="fonts-dejavu-core"):
-        glyphs.render_glyph_corpus(jax.random.key(0), 2, 2, 16, fonts=[])
+        glyph_corpus.render_glyph_corpus(jax.random.key(0), 2, 2, 16, fonts=[])
 
 
 # ---------------------------------------------------------------------------
@@ -175,13 +178,17 @@ def test_save_load_round_trip_is_atomic(tmp_path, charset, monkeypatch):
     assert manifest["seed"] == 3 and manifest["num_classes"] == 6
     assert manifest["class_names"] == [glyphs.class_name(ord(c)) for c in loaded.chars]
     assert all(len(f["sha1"]) == 40 and f["bytes"] > 0 for f in manifest["fonts"])
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in path.parent.iterdir():  # outputs.atomic_path's permissions, not mkstemp's
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask
 
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez_compressed", fail)
     with pytest.raises(OSError, match="disk full"):
-        glyphs.save_corpus(tmp_path / "out" / "other.npz", loaded, manifest)
+        glyph_corpus.save_corpus(tmp_path / "out" / "other.npz", loaded, manifest)
     assert sorted(p.name for p in path.parent.iterdir()) == ["tiny.json", "tiny.npz"]
 
 
@@ -226,7 +233,7 @@ def test_missing_corpus_names_the_command(tmp_path):
 
 
 def test_missing_small_corpus_is_rendered_into_the_cache(font_dir, monkeypatch):
-    monkeypatch.setattr(glyphs, "DEFAULT_FONT_DIRS", (os.fspath(font_dir),))
+    monkeypatch.setattr(glyph_corpus, "DEFAULT_FONT_DIRS", (os.fspath(font_dir),))
     ds = data.load_dataset("glyphs:classes=3,per_class=4,size=16,seed=5")
     assert ds.num_classes == 3 and ds.x_train.shape == (9, 16, 16, 3)
     cache = Path(os.environ["MGDD_JAX_CACHE"]) / "glyphs"
@@ -235,7 +242,7 @@ def test_missing_small_corpus_is_rendered_into_the_cache(font_dir, monkeypatch):
 
 
 def test_missing_corpus_without_fonts(tmp_path, monkeypatch):
-    monkeypatch.setattr(glyphs, "DEFAULT_FONT_DIRS", (os.fspath(tmp_path / "no-fonts"),))
+    monkeypatch.setattr(glyph_corpus, "DEFAULT_FONT_DIRS", (os.fspath(tmp_path / "no-fonts"),))
     with pytest.raises(data.DatasetNotFoundError, match="apt-get install fonts-dejavu-core"):
         data.load_dataset("glyphs:classes=3,per_class=4")
     assert not (Path(os.environ["MGDD_JAX_CACHE"]) / "glyphs").exists() or not any(
@@ -259,6 +266,7 @@ def test_make_glyphs_cli(tmp_path, font_dir):
     assert run.returncode == 0, run.stderr
     assert "fonts: 3" in run.stderr and "classes available:" in run.stderr
     assert f"wrote {out}" in run.stderr
+    assert "rendering classes [" in run.stderr and "3/3" in run.stderr  # progress.Progress
     loaded, manifest = glyphs.load_corpus(out)
     assert loaded.masks.shape == (6, 8, 8) and manifest["seed"] == 0
     bad = subprocess.run(
@@ -269,3 +277,53 @@ def test_make_glyphs_cli(tmp_path, font_dir):
     )
     assert bad.returncode == 2 and "error:" in bad.stderr and "fonts-noto-core" in bad.stderr
     assert not (tmp_path / "x.npz").exists()
+
+
+# ---------------------------------------------------------------------------
+# Layering: the reader does not need the builder.
+# ---------------------------------------------------------------------------
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in tree.body:  # module level only; imports inside functions are lazy
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_data_package_does_not_import_the_builder():
+    for path in (REPO / "mgdd_jax" / "data").glob("*.py"):
+        imported = _module_level_imports(path)
+        assert not any(n.startswith("mgdd_jax.glyph_corpus") for n in imported), path
+    # glyphs <- sources only: no cycle between the reader and the registry.
+    assert "mgdd_jax.data.sources" not in _module_level_imports(
+        REPO / "mgdd_jax" / "data" / "glyphs.py")
+
+
+@pytest.mark.parametrize("module", ["mgdd_jax.data.glyphs", "mgdd_jax.data.sources",
+                                    "mgdd_jax.glyph_corpus"])
+def test_modules_import_in_a_fresh_process(module):
+    code = (f"import sys, {module}; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('PIL', 'fontTools')]; "
+            f"assert {module!r} == 'mgdd_jax.glyph_corpus' or not heavy, heavy")
+    run = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0, run.stderr
+
+
+def test_loading_a_cached_corpus_does_not_import_the_builder(tmp_path, charset):
+    path = _tiny_corpus_file(tmp_path / "tiny.npz", charset)
+    code = ("import sys; from mgdd_jax import data; "
+            f"ds = data.load_dataset('glyphs', data_dir={os.fspath(path)!r}); "
+            "assert ds.num_classes == 6; "
+            "assert 'mgdd_jax.glyph_corpus' not in sys.modules")
+    run = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0, run.stderr

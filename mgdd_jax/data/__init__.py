@@ -7,16 +7,19 @@ Typical use::
     x_init, y_init = data.sample_initial_set(jax.random.key(0), ds, ipc=10)
 
 Modules: :mod:`~mgdd_jax.data.dataset` (the :class:`Dataset` and
-:class:`Preprocessing` containers), :mod:`~mgdd_jax.data.sources` (raw loaders
-and their registry), :mod:`~mgdd_jax.data.preprocess` (standardisation, ZCA and
-its cache), :mod:`~mgdd_jax.data.sampling` (class-balanced index sampling),
-:mod:`~mgdd_jax.data.validation` (input checks), :mod:`~mgdd_jax.data.idx`
-(IDX file reader).
+:class:`Preprocessing` containers, and :class:`RawData`),
+:mod:`~mgdd_jax.data.sources` (raw loaders and their registry; the accepted names
+are listed by :func:`mgdd_jax.data.sources.available_datasets`),
+:mod:`~mgdd_jax.data.glyphs` (reader of the cached glyph corpus, which
+:mod:`mgdd_jax.glyph_corpus` builds), :mod:`~mgdd_jax.data.preprocess`
+(standardisation, ZCA and its cache), :mod:`~mgdd_jax.data.sampling`
+(class-balanced index sampling), :mod:`~mgdd_jax.data.validation` (input checks),
+:mod:`~mgdd_jax.data.idx` (IDX file reader).
 """
 
-from mgdd_jax.data.dataset import Dataset, Preprocessing
+from mgdd_jax.data.dataset import Dataset, Preprocessing, RawData
 from mgdd_jax.data.errors import DatasetNotFoundError
-from mgdd_jax.data.load import available_datasets, load_dataset
+from mgdd_jax.data.load import load_dataset
 from mgdd_jax.data.sampling import (
     ClassIndex,
     balanced_batch_indices,
@@ -24,7 +27,6 @@ from mgdd_jax.data.sampling import (
     class_balanced_indices,
     sample_initial_set,
 )
-from mgdd_jax.data.sources import RawData
 
 __all__ = [
     "ClassIndex",
@@ -32,7 +34,6 @@ __all__ = [
     "DatasetNotFoundError",
     "Preprocessing",
     "RawData",
-    "available_datasets",
     "balanced_batch_indices",
     "check_per_class",
     "class_balanced_indices",

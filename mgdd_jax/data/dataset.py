@@ -1,4 +1,4 @@
-"""The in-memory dataset and the preprocessing that produced it."""
+"""The in-memory dataset, the preprocessing that produced it, and the raw arrays of a source."""
 
 from __future__ import annotations
 
@@ -160,6 +160,26 @@ class Preprocessing:
             "zca_dim": None if self.zca is None else int(self.zca.shape[0]),
             "zca_reg": float(self.zca_reg),
         }
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RawData:
+    """Unprocessed arrays as a source provides them (see :mod:`mgdd_jax.data.sources`).
+
+    Attributes:
+      x_train, x_test: ``(N, H, W)`` or ``(N, H, W, C)``; uint8 in 0..255 or
+        float in [0, 1].
+      y_train, y_test: ``(N,)`` integer class ids.
+      num_classes: number of classes.
+      class_names: one name per class.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    class_names: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -82,15 +82,3 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Reads an IDX file (gzip-compressed if its name ends in ``.gz``)."""
     return parse_idx(_read_bytes(path), source=str(path))
 
-
-def encode_idx(array: np.ndarray) -> bytes:
-    """Encodes an array as IDX bytes (inverse of :func:`parse_idx`; used in tests)."""
-    array = np.asarray(array)
-    codes = {dt.newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
-    native = array.dtype.newbyteorder("=")
-    if native not in codes:
-        raise ValueError(f"dtype {array.dtype} has no IDX type code")
-    dtype = IDX_DTYPES[codes[native]]
-    header = struct.pack(">BBBB", 0, 0, codes[native], array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(dtype).tobytes()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+import numpy as np
+
 from mgdd_jax.data import preprocess, sources, validation
 from mgdd_jax.data.dataset import Dataset
 
@@ -23,14 +25,18 @@ def load_dataset(
     """Loads a dataset by name and preprocesses it.
 
     Steps: validate the options; read the raw arrays through the source
-    registry (see :func:`available_datasets`); validate them and scale to
-    float32 [0, 1] NHWC; optionally resize to ``image_size`` (bilinear); fit
+    registry (:mod:`mgdd_jax.data.sources`); validate them (labels, and an
+    image layout that is plausibly channels-last: channels-first arrays are
+    refused with the transpose that fixes them) and scale to float32 [0, 1] NHWC; optionally resize to ``image_size`` (bilinear); fit
     per-channel standardisation (and, with ``zca``, ZCA whitening) on the train
     split only; apply it to train and test.
 
     Args:
-      name: ``"fashion_mnist"``, ``"digits"``, ``"tfds:NAME"`` (a prepared
-        TensorFlow Datasets set, e.g. ``"tfds:cifar10"``) or ``"npz:PATH"``.
+      name: ``"fashion_mnist"``, ``"digits"``, ``"glyphs"`` (or
+        ``"glyphs:classes=C,per_class=N,..."``, the cached glyph corpus),
+        ``"tfds:NAME"`` (a prepared TensorFlow Datasets set, e.g.
+        ``"tfds:cifar10"``) or ``"npz:PATH"``; the full list is
+        :func:`mgdd_jax.data.sources.available_datasets`.
       data_dir: where the source looks for its files (None: its default).
       zca: apply ZCA whitening after standardisation.
       zca_reg: relative ZCA regulariser strength, > 0 (recorded even without ZCA).
@@ -75,6 +81,8 @@ def dataset_from_raw(
     num_classes = int(raw.num_classes)
     validation.check_split_arrays(raw.x_train, raw.y_train, f"train split of {where}")
     validation.check_split_arrays(raw.x_test, raw.y_test, f"test split of {where}")
+    validation.check_image_layout(np.shape(raw.x_train), f"x_train of {where}")
+    validation.check_image_layout(np.shape(raw.x_test), f"x_test of {where}")
     y_train = validation.check_labels(raw.y_train, num_classes, f"y_train of {where}")
     y_test = validation.check_labels(raw.y_test, num_classes, f"y_test of {where}")
     x_train = validation.images_to_unit(raw.x_train, f"x_train of {where}")
@@ -110,7 +118,3 @@ def dataset_from_raw(
     )
     return dataset
 
-
-def available_datasets() -> list[str]:
-    """Accepted dataset names: ``digits``, ``fashion_mnist``, ``npz:PATH``, ``tfds:NAME``."""
-    return sources.available_datasets()

@@ -9,12 +9,10 @@ files are written atomically, and an unusable cache only produces a warning.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 
 from mgdd_jax.data import transforms
 from mgdd_jax.data.dataset import Preprocessing
+from mgdd_jax.outputs import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -133,19 +132,9 @@ def _read_cached(path: Path, d: int) -> np.ndarray | None:
 
 
 def _write_atomically(path: Path, matrix: np.ndarray) -> None:
-    """Writes ``matrix`` to ``path`` via a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, matrix)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Writes ``matrix`` to ``path`` as ``.npy`` with :func:`mgdd_jax.outputs.atomic_path`."""
+    with atomic_path(os.fspath(path), ".npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, matrix)
 
 
 def cached_fit_zca(

@@ -11,7 +11,6 @@ Names are resolved through two dicts, :data:`NAMED_SOURCES` (exact names) and
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 from collections.abc import Callable
@@ -20,29 +19,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mgdd_jax.data import idx
+from mgdd_jax.data import glyphs, idx
+from mgdd_jax.data.dataset import RawData
 from mgdd_jax.data.errors import DatasetNotFoundError
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class RawData:
-    """Unprocessed arrays as a source provides them.
-
-    Attributes:
-      x_train, x_test: ``(N, H, W)`` or ``(N, H, W, C)``; uint8 in 0..255 or
-        float in [0, 1].
-      y_train, y_test: ``(N,)`` integer class ids.
-      num_classes: number of classes.
-      class_names: one name per class.
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-    class_names: tuple[str, ...]
-
 
 # A source gets the argument after its prefix (or its own name, for named
 # sources) and the user's data_dir (None: the source's default location).
@@ -310,10 +289,19 @@ def load_npz(spec: str, data_dir: str | None) -> RawData:
     """Arrays from an ``.npz`` file with keys ``x_train, y_train, x_test, y_test``.
 
     Optional keys: ``class_names`` (unicode string array, one per class) and
-    ``num_classes`` (scalar); without either, ``num_classes`` is one more than
-    the largest label in either split. Images are uint8 (0..255) or float in
-    [0, 1], NHWC or NHW (grayscale). A relative path is resolved against
-    ``data_dir`` when one is given.
+    ``num_classes`` (scalar; must equal the number of names when both are
+    stored). With either, every label must lie in ``[0, num_classes)``; without
+    either, ``num_classes`` is one more than the largest label in either split
+    and every class must occur in ``y_train``. Images are uint8 (0..255) or
+    float in [0, 1], channels-last NHWC or NHW (grayscale), at least 4 pixels
+    high (:func:`mgdd_jax.data.load_dataset` refuses channels-first arrays such
+    as ``(N, 1, 28, 28)``, see :func:`mgdd_jax.data.validation.check_image_layout`).
+    A relative path is resolved against ``data_dir`` when one is given.
+
+    Raises:
+      DatasetNotFoundError: the file does not exist.
+      ValueError: unreadable file, missing keys, a bad ``num_classes``, or
+        labels outside the declared (or inferred) classes; before any other work.
     """
     if not spec:
         raise ValueError("'npz:' needs a file path, e.g. 'npz:/data/my_set.npz'")
@@ -343,12 +331,24 @@ def load_npz(spec: str, data_dir: str | None) -> RawData:
             f"{path} lacks the keys {missing} (it has {sorted(contents)}); an npz dataset "
             f"needs {list(NPZ_REQUIRED_KEYS)} and may have 'class_names' / 'num_classes'"
         )
+    declared = None
+    if "num_classes" in contents:
+        num_classes = _read_num_classes(contents["num_classes"], path)
+        declared = f"num_classes={num_classes}"
     if "class_names" in contents:
         class_names = tuple(str(n) for n in np.asarray(contents["class_names"]).reshape(-1))
+        if declared is not None and num_classes != len(class_names):
+            raise ValueError(
+                f"{path} stores num_classes={num_classes} but {len(class_names)} class_names; "
+                "they must agree (one name per class): fix one of them, or drop num_classes"
+            )
         num_classes = len(class_names)
-    elif "num_classes" in contents:
-        num_classes = int(np.asarray(contents["num_classes"]).reshape(()))
+        declared = f"{num_classes} class_names"
+    elif declared is not None:
         class_names = tuple(str(c) for c in range(num_classes))
+    if declared is not None:
+        for key in ("y_train", "y_test"):
+            _check_declared_labels(contents[key], num_classes, declared, f"{key} of {path}")
     else:
         num_classes = _infer_num_classes(contents["y_train"], contents["y_test"], path)
         class_names = tuple(str(c) for c in range(num_classes))
@@ -362,26 +362,76 @@ def load_npz(spec: str, data_dir: str | None) -> RawData:
     )
 
 
+def _read_num_classes(value: np.ndarray, path: Path) -> int:
+    """The ``num_classes`` entry of an npz file as an int >= 1."""
+    value = np.asarray(value)
+    number = value.reshape(()).item() if value.size == 1 else None
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, (int, float))
+        or not float(number).is_integer()
+        or number < 1
+    ):
+        raise ValueError(
+            f"{path}: 'num_classes' must be one integer >= 1, got {value.dtype} array of shape "
+            f"{value.shape} ({np.array2string(value.reshape(-1)[:4])}); store it as "
+            "np.array(NUM_CLASSES)"
+        )
+    return int(number)
+
+
+def _integer_labels(y: np.ndarray) -> np.ndarray | None:
+    """``y`` if it is a non-empty 1-D integer array (else None: the common checks report it)."""
+    y = np.asarray(y)
+    if y.ndim != 1 or not y.size or y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        return None
+    return y
+
+
+def _check_declared_labels(y: np.ndarray, num_classes: int, declared: str, what: str) -> None:
+    """Labels of an npz file that declares its classes must lie in ``[0, num_classes)``."""
+    y = _integer_labels(y)
+    if y is None:
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if lo >= 0 and hi < num_classes:
+        return
+    bad = lo if lo < 0 else hi
+    n_bad = int(((y < 0) | (y >= num_classes)).sum())
+    hint = (
+        f"they look 1-based (1..{num_classes}): subtract 1 (y - 1)"
+        if lo == 1 and hi == num_classes
+        else "remap them to 0..num_classes-1, or store the right num_classes / class_names"
+    )
+    raise ValueError(
+        f"{what} contains label {bad} ({n_bad} out-of-range labels), but the file declares "
+        f"{num_classes} classes ({declared}), so labels must be in [0, {num_classes}); {hint}"
+    )
+
+
 def _infer_num_classes(y_train: np.ndarray, y_test: np.ndarray, path: Path) -> int:
-    """``1 + max label``; bad labels are left for the common label checks."""
-    highest = -1
-    for y in (y_train, y_test):
-        y = np.asarray(y)
-        if y.size and np.issubdtype(y.dtype, np.integer) and y.dtype != np.bool_:
-            highest = max(highest, int(y.max()))
-    return max(highest + 1, 1)
+    """``1 + max label`` over both splits; every class must then have train labels.
 
-
-# ---------------------------------------------------------------------------
-# Glyph corpus rendered from the installed fonts ("glyphs", "glyphs:classes=C,...").
-# ---------------------------------------------------------------------------
-
-
-def load_glyphs(spec: str, data_dir: str | None) -> RawData:
-    """Many-class glyph corpus (meta-training); see :func:`mgdd_jax.data.glyphs.load_glyphs`."""
-    from mgdd_jax.data import glyphs  # lazy: Pillow and fontTools only when asked for
-
-    return glyphs.load_glyphs(spec, data_dir)
+    Negative or non-integer labels are left for the common label checks.
+    """
+    train, test = _integer_labels(y_train), _integer_labels(y_test)
+    highest = max([int(y.max()) for y in (train, test) if y is not None], default=-1)
+    num_classes = max(highest + 1, 1)
+    if train is not None and int(train.min()) >= 0:
+        present = np.unique(train)
+        n_missing = num_classes - present.size
+        if n_missing:
+            # The smallest missing ids all lie below present.size + 5 (no huge arange).
+            first = np.setdiff1d(np.arange(min(num_classes, present.size + 5)), present)[:5]
+            shown = ", ".join(str(c) for c in first) + (", ..." if n_missing > 5 else "")
+            raise ValueError(
+                f"{path} stores no num_classes or class_names, so its classes are taken to be "
+                f"0..{highest} (labels 0 to the largest label), but y_train has no label "
+                f"{shown} ({n_missing} of {num_classes} classes empty); labels must be "
+                "0..num_classes-1 with every class in y_train: fix the labels (1-based labels: "
+                "y - 1), or store num_classes / class_names"
+            )
+    return num_classes
 
 
 # ---------------------------------------------------------------------------
@@ -391,10 +441,10 @@ def load_glyphs(spec: str, data_dir: str | None) -> RawData:
 NAMED_SOURCES: dict[str, SourceLoader] = {
     "digits": load_digits,
     "fashion_mnist": load_fashion_mnist,
-    "glyphs": load_glyphs,
+    "glyphs": glyphs.load_glyphs,
 }
 PREFIX_SOURCES: dict[str, SourceLoader] = {
-    "glyphs:": load_glyphs,
+    "glyphs:": glyphs.load_glyphs,
     "npz:": load_npz,
     "tfds:": load_tfds,
 }

@@ -84,6 +84,49 @@ def check_labels(y: np.ndarray, num_classes: int, what: str) -> np.ndarray:
     return y.astype(np.int32)
 
 
+# Fewer rows than this is not an image: it is a channel axis, or flattened pixels.
+MIN_IMAGE_HEIGHT = 4
+_CHANNELS_FIRST_HINT = "np.transpose(x, (0, 2, 3, 1))"
+
+
+def check_image_layout(shape: tuple[int, ...], what: str) -> None:
+    """Refuses image arrays whose shape is not plausibly ``(N, H, W)`` or ``(N, H, W, C)``.
+
+    Catches channels-first data before it is misread as channels-last: an
+    ``(N, C, H, W)`` array such as ``(N, 1, 28, 28)`` would otherwise become 28
+    channels of height 1. Refused: rank 4 with more than 4 channels (last axis)
+    while axis 1 has 1, 3 or 4 entries; and images less than
+    :data:`MIN_IMAGE_HEIGHT` pixels high. Other ranks are left to
+    :func:`images_to_unit`, which reports them.
+
+    Args:
+      shape: the array's shape.
+      what: name used in messages, e.g. ``"x_train of /data/a.npz"``.
+
+    Raises:
+      ValueError: naming the shape seen and the transpose (or reshape) that fixes it.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (3, 4):
+        return
+    if len(shape) == 4 and shape[3] > 4 and shape[1] in (1, 3, 4):
+        n, c, h, w = shape
+        raise ValueError(
+            f"{what} has shape {shape}, which looks channels-first (N, C, H, W) = "
+            f"({n}, {c}, {h}, {w}): read as channels-last it would be {w}-channel images of "
+            f"height {c}; images must be (N, H, W, C) with C <= 4, so transpose them with "
+            f"{_CHANNELS_FIRST_HINT} (giving shape {(n, h, w, c)})"
+        )
+    if shape[1] < MIN_IMAGE_HEIGHT:
+        layout = "(N, H, W, C)" if len(shape) == 4 else "(N, H, W)"
+        raise ValueError(
+            f"{what} has shape {shape}, read as {layout} images of height {shape[1]} pixels; "
+            f"images must be at least {MIN_IMAGE_HEIGHT} pixels high: if the array is "
+            f"channels-first (N, C, H, W), transpose it with {_CHANNELS_FIRST_HINT}; if the "
+            "pixels are flattened, reshape it to (N, H, W) or (N, H, W, C)"
+        )
+
+
 def images_to_unit(x: np.ndarray, what: str) -> np.ndarray:
     """Checks raw images and converts them to float32 NHWC in [0, 1].
 
