@@ -12,67 +12,58 @@ cpu / paper / smoke) and its shorthands.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
 import jax
-import numpy as np
 from absl import app, flags
 
-from experiments import distill
-from experiments.cli import exit_on_bad_input
+from experiments import cli, distill
 from mgdd_jax import adapt as adapt_lib
-from mgdd_jax import checkpoint, evaluate, krr, labels, outputs
+from mgdd_jax import api, checkpoint, evaluate, krr, labels, outputs
 from mgdd_jax import generator as gen_lib
 
 
 def curve(prep: distill.Prepared, at: list[int]) -> dict:
-    plan, ds, generator = prep.plan, prep.dataset, prep.generator
-    config = plan.config
-    ipc = plan.ipcs[0]
-    adapt_cfg = adapt_lib.AdaptConfig(**{**prep.adapt.__dict__, "steps": max(at),
-                                         "init_mode": "single", "sizes": (ipc,)})
-    key = jax.random.key(config.seed)
-    k_label, k_gen, k_adapt, _, k_eval = jax.random.split(key, 5)
+    ds, fit = prep.dataset, prep.fit
+    config = prep.config
+    ipc = prep.ipcs[0]
+    adapt_cfg = dataclasses.replace(fit.adapt, steps=max(at), init_mode="single", ipcs=(ipc,))
+    keys = api.job_keys(jax.random.key(config.seed))
     c = ds.num_classes
-    label_model = labels.fit_label_model(k_label, ds.x_train, ds.y_train, c, adapt_cfg.feature,
-                                         reg=config.labels.reg)
-    starts = {"fresh": gen_lib.init_generator(k_gen, ds.image_shape, generator)}
-    if plan.meta_checkpoint:
-        starts["meta"] = checkpoint.load_generator(plan.meta_checkpoint, generator,
-                                                   ds.image_shape, key=k_gen)[0]
+    label_model = labels.fit_label_model(keys["labels"], ds.x_train, ds.y_train, c,
+                                         adapt_cfg.feature, reg=fit.label_reg,
+                                         chunk_size=fit.label_chunk_size)
+    starts = {"fresh": gen_lib.init_generator(keys["generator"], ds.image_shape, fit.gen_config)}
+    if fit.meta_checkpoint:
+        starts["meta"] = checkpoint.load_generator(fit.meta_checkpoint, fit.gen_config,
+                                                   ds.image_shape, key=keys["generator"])[0]
     result = {"dataset": config.dataset, "ipc": ipc, "at": at,
-              "meta_checkpoint": plan.meta_checkpoint, "eval_protocol": prep.protocol.to_dict(),
+              "meta_checkpoint": fit.meta_checkpoint, "eval_protocol": prep.protocol.to_dict(),
               "device": str(jax.devices()[0]), "curves": {}}
+    # The fixed initial set adapt() will use, known before adapting (so step 0 is evaluated).
+    x_init, l_init = adapt_lib.single_init_set(keys["adapt"], ds, ipc)
+    y_syn = labels.initial_labels(label_model, x_init, l_init, c, adapt_cfg.feature,
+                                  adapt_cfg.label_mode, ipc)
     for name, params in starts.items():
         points = []
-        init = {}
 
-        def on_step(step, p, name=name, points=points, init=init):
-            x_init, l_init = init["xy"]
-            x_syn = np.asarray(gen_lib.generate(p, x_init, ipc, generator))
-            y_syn = labels.initial_labels(label_model, x_init, l_init, c, adapt_cfg.feature,
-                                          adapt_cfg.label_mode, ipc)
-            res = evaluate.evaluate_synthetic(k_eval, x_syn, y_syn, ds.x_test, ds.y_test,
+        def on_step(step, p, name=name, points=points):
+            x_syn = gen_lib.generate(p, x_init, ipc, fit.gen_config)
+            res = evaluate.evaluate_synthetic(keys["eval"], x_syn, y_syn, ds.x_test, ds.y_test,
                                               prep.protocol, num_classes=c, progress=False)
             points.append({"step": step, "mean": res["mean"], "std": res["std"],
                            "per_seed": res["per_seed"]})
             print(f"{name}: step {step}: {100 * res['mean']:.2f} ± {100 * res['std']:.2f}%",
                   file=sys.stderr, flush=True)
 
-        # The single initialisation is drawn inside adapt() from k_adapt; draw it the same way
-        # here (same key, same function) so that step 0 can be evaluated before adapting.
-        index = adapt_lib.data_lib.ClassIndex.from_labels(ds.y_train, c)
-        idx = np.asarray(adapt_lib.data_lib.class_balanced_indices(
-            jax.random.split(k_adapt)[0], index, ipc))
-        init["xy"] = (ds.x_train[idx], ds.y_train[idx])
-        res = adapt_lib.adapt(k_adapt, params, ds, label_model, generator, adapt_cfg,
+        res = adapt_lib.adapt(keys["adapt"], params, ds, label_model, fit.gen_config, adapt_cfg,
                               progress=False, callback=on_step, callback_steps=at)
-        assert np.array_equal(res.single_init[0], init["xy"][0])
         result["curves"][name] = {"points": points, "seconds_per_step": res.seconds_per_step}
-    x_init, l_init = init["xy"]
-    base = evaluate.evaluate_synthetic(k_eval, x_init, krr.centred_onehot(l_init, c), ds.x_test,
-                                       ds.y_test, prep.protocol, num_classes=c, progress=False)
+    base = evaluate.evaluate_synthetic(keys["eval"], x_init, krr.centred_onehot(l_init, c),
+                                       ds.x_test, ds.y_test, prep.protocol, num_classes=c,
+                                       progress=False)
     result["random_real"] = {"mean": base["mean"], "std": base["std"],
                              "per_seed": base["per_seed"]}
     return result
@@ -97,15 +88,18 @@ def plot(result: dict, path: str) -> None:
 
 def main(argv):
     del argv
-    with exit_on_bad_input():
+    cli.quiet_library_logs()
+    with cli.exit_on_bad_input():
         prep = distill.prepare(distill.config_from_flags())
         at = sorted({int(a) for a in flags.FLAGS.at})
         if not at or at[0] < 0:
             raise ValueError("--at must list non-negative steps")
-    result = curve(prep, at)
-    outputs.write_json(os.path.join(prep.plan.out, "curve.json"), result)
-    plot(result, os.path.join(prep.plan.out, "curve.png"))
-    print(f"wrote {prep.plan.out}/curve.json and curve.png", file=sys.stderr)
+    with cli.exit_on_failed_run(prep.out):
+        result = curve(prep, at)
+    with outputs.atomic_dir(prep.out) as tmp:
+        outputs.write_json(os.path.join(tmp, "curve.json"), result)
+        plot(result, os.path.join(tmp, "curve.png"))
+    print(f"wrote {prep.out}/curve.json and curve.png", file=sys.stderr)
 
 
 if __name__ == "__main__":

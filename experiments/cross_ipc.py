@@ -17,39 +17,27 @@ import os
 import sys
 
 import jax
-import numpy as np
 from absl import app, flags
 
-from experiments import distill
-from experiments.cli import exit_on_bad_input
-from mgdd_jax import adapt as adapt_lib
-from mgdd_jax import checkpoint, data, evaluate, krr, labels, outputs
-from mgdd_jax import generator as gen_lib
+from experiments import cli, distill
+from mgdd_jax import api, data, evaluate, krr, outputs
 
 
 def run(prep: distill.Prepared, generate: list[int]) -> dict:
-    plan, ds, generator = prep.plan, prep.dataset, prep.generator
-    config = plan.config
-    adapt_cfg = dataclasses.replace(prep.adapt, init_mode="multi", sizes=plan.ipcs)
+    ds, config = prep.dataset, prep.config
+    fit = dataclasses.replace(prep.fit, adapt=dataclasses.replace(
+        prep.fit.adapt, init_mode="multi", ipcs=prep.ipcs))
     key = jax.random.key(config.seed)
-    k_label, k_gen, k_adapt, k_init, k_eval = jax.random.split(key, 5)
+    distiller = api.fit_dataset(ds, fit, key, progress=False)
+    k_eval = api.job_keys(key)["eval"]
     c = ds.num_classes
-    label_model = labels.fit_label_model(k_label, ds.x_train, ds.y_train, c, adapt_cfg.feature,
-                                         reg=config.labels.reg)
-    if plan.meta_checkpoint:
-        params = checkpoint.load_generator(plan.meta_checkpoint, generator, ds.image_shape,
-                                           key=k_gen)[0]
-    else:
-        params = gen_lib.init_generator(k_gen, ds.image_shape, generator)
-    res = adapt_lib.adapt(k_adapt, params, ds, label_model, generator, adapt_cfg, progress=False)
-    out = {"dataset": config.dataset, "adapted_on": list(plan.ipcs), "steps": adapt_cfg.steps,
-           "meta_checkpoint": plan.meta_checkpoint, "eval_protocol": prep.protocol.to_dict(),
-           "device": str(jax.devices()[0]), "adapt_seconds": res.seconds, "results": {}}
+    out = {"dataset": config.dataset, "adapted_on": list(prep.ipcs), "steps": fit.adapt.steps,
+           "meta_checkpoint": fit.meta_checkpoint, "eval_protocol": prep.protocol.to_dict(),
+           "device": str(jax.devices()[0]),
+           "adapt_seconds": distiller.info["timing"]["adaptation_s"], "results": {}}
     for ipc in generate:
-        x_init, l_init = data.sample_initial_set(jax.random.fold_in(k_init, ipc), ds, ipc)
-        x_syn = np.asarray(gen_lib.generate(res.params, x_init, ipc, generator))
-        y_syn = labels.initial_labels(label_model, x_init, l_init, c, adapt_cfg.feature,
-                                      adapt_cfg.label_mode, ipc)
+        x_init, l_init = distiller.initial_set(ipc)
+        x_syn, y_syn = distiller.generate(ipc)
         k = jax.random.fold_in(k_eval, ipc)
         gen_res = evaluate.evaluate_synthetic(k, x_syn, y_syn, ds.x_test, ds.y_test,
                                               prep.protocol, num_classes=c, progress=False)
@@ -57,10 +45,10 @@ def run(prep: distill.Prepared, generate: list[int]) -> dict:
                                            ds.y_test, prep.protocol, num_classes=c,
                                            progress=False)
         out["results"][str(ipc)] = {
-            "seen_in_adaptation": ipc in plan.ipcs,
+            "seen_in_adaptation": ipc in prep.ipcs,
             "generated": {k2: gen_res[k2] for k2 in ("mean", "std", "per_seed")},
             "random_real": {k2: real[k2] for k2 in ("mean", "std", "per_seed")}}
-        print(f"IPC {ipc:3d} ({'seen' if ipc in plan.ipcs else 'unseen'}): generated "
+        print(f"IPC {ipc:3d} ({'seen' if ipc in prep.ipcs else 'unseen'}): generated "
               f"{100 * gen_res['mean']:.2f} ± {100 * gen_res['std']:.2f}%, random real "
               f"{100 * real['mean']:.2f} ± {100 * real['std']:.2f}%", file=sys.stderr, flush=True)
     return out
@@ -85,15 +73,18 @@ def plot(result: dict, path: str) -> None:
 
 def main(argv):
     del argv
-    with exit_on_bad_input():
+    cli.quiet_library_logs()
+    with cli.exit_on_bad_input():
         prep = distill.prepare(distill.config_from_flags())
         generate = sorted({int(g) for g in flags.FLAGS.generate})
         for g in generate:
             data.check_per_class(prep.dataset, g, what="IPC (--generate)")
-    result = run(prep, generate)
-    outputs.write_json(os.path.join(prep.plan.out, "cross_ipc.json"), result)
-    plot(result, os.path.join(prep.plan.out, "cross_ipc.png"))
-    print(f"wrote {prep.plan.out}/cross_ipc.json and cross_ipc.png", file=sys.stderr)
+    with cli.exit_on_failed_run(prep.out):
+        result = run(prep, generate)
+    with outputs.atomic_dir(prep.out) as tmp:
+        outputs.write_json(os.path.join(tmp, "cross_ipc.json"), result)
+        plot(result, os.path.join(tmp, "cross_ipc.png"))
+    print(f"wrote {prep.out}/cross_ipc.json and cross_ipc.png", file=sys.stderr)
 
 
 if __name__ == "__main__":

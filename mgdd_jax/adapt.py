@@ -222,7 +222,7 @@ def single_init_set(
 def check_adapt_inputs(dataset: data_lib.Dataset, config: AdaptConfig) -> None:
     """Refuse IPCs or a real batch the dataset's smallest class cannot supply."""
     for k in config.ipcs:
-        data_lib.check_per_class(dataset, k, what="IPC (adapt.ipcs)")
+        data_lib.check_per_class(dataset, k, what="IPC")
     data_lib.check_per_class(
         dataset, -(-config.batch_size // dataset.num_classes),
         what="real batch per class (adapt.batch_size / classes)")

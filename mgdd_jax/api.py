@@ -33,7 +33,8 @@ import numpy as np
 
 import mgdd_jax
 from mgdd_jax import adapt as adapt_lib
-from mgdd_jax import checkpoint, data, evaluate as evaluate_lib, labels, nets, outputs
+from mgdd_jax import checkpoint, data, labels, nets, outputs
+from mgdd_jax import evaluate as evaluate_lib
 from mgdd_jax import generator as gen_lib
 from mgdd_jax.data import load as load_lib
 from mgdd_jax.data import validation
@@ -51,7 +52,9 @@ SAVED_POOL_PER_CLASS = 50
 def default_config(variant: str = "cpu") -> ml_collections.ConfigDict:
     """The distill config (``experiments/configs/distill.py``), e.g. ``"paper"`` or
     ``"size=paper,eval=cpu"``; unlocked, so fields can be changed before :func:`fit`."""
-    from experiments.configs import distill as distill_config  # config files import mgdd_jax
+    from experiments.configs import (
+        distill as distill_config,  # config files import mgdd_jax
+    )
 
     return distill_config.get_config(variant)
 
@@ -436,7 +439,7 @@ def _meta_checkpoint(meta: str, config: ml_collections.ConfigDict) -> str:
     if meta == META_FRESH or meta == "":
         return ""
     if not isinstance(meta, (str, os.PathLike)):
-        raise ValueError(f"meta must be {META_FROM_CONFIG!r}, {META_FRESH!r} or a checkpoint "
+        raise TypeError(f"meta must be {META_FROM_CONFIG!r}, {META_FRESH!r} or a checkpoint "
                          f"directory, got {meta!r}")
     return os.fspath(meta)
 

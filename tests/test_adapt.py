@@ -1,15 +1,24 @@
 """mgdd_jax.labels and mgdd_jax.adapt (Alg. 2) on tiny sizes."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgdd_jax import adapt, data, krr, labels, nets
+from experiments.configs import distill as distill_config
+from mgdd_jax import adapt, data, krr, labels, nets, objective
 from mgdd_jax import generator as gen
 
 FEAT = nets.ConvNetConfig(width=4, norm="instance", num_classes=3)
 GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
+SMOKE_ADAPT = distill_config.get_config("smoke").adapt.to_dict()
+
+
+def acfg(ipcs=(2,), **changes):
+    """An AdaptConfig from the smoke config's adapt subtree (the one source of defaults)."""
+    return adapt.AdaptConfig.from_config({**SMOKE_ADAPT, **changes}, FEAT, ipcs)
 
 
 @pytest.fixture(scope="module")
@@ -57,22 +66,22 @@ def _batch(ds, n_t=24, ipc=2):
     t = np.asarray(data.balanced_batch_indices(jax.random.key(5), index, n_t))
     s = np.asarray(data.class_balanced_indices(jax.random.key(6), index, ipc))
     return {"x_t": ds.x_train[t], "l_t": ds.y_train[t], "x_s": ds.x_train[s],
-            "l_s": ds.y_train[s], "size": np.float32(ipc)}
+            "l_s": ds.y_train[s], "ipc": np.float32(ipc)}
 
 
 def test_one_step_lowers_loss_on_fixed_batch(tiny_dataset):
     ds = tiny_dataset
     lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)
-    cfg = adapt.AdaptConfig(steps=10, learning_rate=1e-2, batch_size=24, sizes=(2,), feature=FEAT)
+    cfg = acfg(steps=10, learning_rate=1e-2, batch_size=24)
     params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
     batch = _batch(ds)
     theta_key = jax.random.key(7)
 
     def loss_of(p):
         y_s = labels.synthetic_labels(lm, batch["x_s"], FEAT)
-        return float(adapt.generator_krr_loss(
+        return float(objective.generator_krr_loss(
             p, batch["x_s"], y_s, batch["x_t"], krr.centred_onehot(batch["l_t"], 3),
-            batch["size"], theta_key, generator=GEN, feature=FEAT, reg=cfg.reg))
+            batch["ipc"], theta_key, gen_config=GEN, feature=FEAT, reg=cfg.reg))
 
     step = adapt.make_adapt_step(GEN, cfg, 3)
     state = adapt.init_adapt_state(params, cfg)
@@ -98,8 +107,8 @@ def test_adapt_loop_no_recompile_after_first_step(tiny_dataset, compile_events):
         counts[step] = len(events)
         steps_seen.append(step)
 
-    cfg = adapt.AdaptConfig(steps=6, batch_size=12, sizes=(2,), feature=FEAT)
-    res = adapt.adapt(jax.random.key(2), params, ds, lm, GEN, cfg, progress=False, log_every=1,
+    cfg = acfg(steps=6, batch_size=12, log_every=1)
+    res = adapt.adapt(jax.random.key(2), params, ds, lm, GEN, cfg, progress=False,
                       callback=cb, callback_steps=(1, 6))
     assert steps_seen == [1, 6]
     assert counts[6] == counts[1], "the adapt step (or its sampling) recompiled after step 1"
@@ -115,8 +124,8 @@ def test_multi_init_compiles_once_per_size(tiny_dataset, compile_events):
     params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
     events = compile_events
     counts = {}
-    cfg = adapt.AdaptConfig(steps=12, batch_size=12, init_mode="multi", sizes=(1, 3),
-                            feature=FEAT)
+    cfg = acfg((1, 3), steps=12, batch_size=12)
+    assert cfg.init_mode == "multi"  # "auto" with two IPCs
     res = adapt.adapt(jax.random.key(2), params, ds, lm, GEN, cfg, progress=False,
                       callback=lambda s, p: counts.__setitem__(s, len(events)),
                       callback_steps=range(1, 13))
@@ -130,8 +139,7 @@ def test_adapt_is_reproducible(tiny_dataset):
     ds = tiny_dataset
     lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)
     params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
-    cfg = adapt.AdaptConfig(steps=3, batch_size=12, sizes=(2,), feature=FEAT,
-                            learning_rate=1e-2)
+    cfg = acfg(steps=3, batch_size=12, learning_rate=1e-2)
     a = adapt.adapt(jax.random.key(3), params, ds, lm, GEN, cfg, progress=False)
     b = adapt.adapt(jax.random.key(3), params, ds, lm, GEN, cfg, progress=False)
     c = adapt.adapt(jax.random.key(4), params, ds, lm, GEN, cfg, progress=False)
@@ -143,19 +151,74 @@ def test_adapt_is_reproducible(tiny_dataset):
 
 def test_bad_adapt_inputs(tiny_dataset):
     ds = tiny_dataset
+    good = acfg()
     with pytest.raises(ValueError, match="init_mode"):
-        adapt.AdaptConfig(init_mode="pool")
-    with pytest.raises(ValueError, match="sizes"):
-        adapt.AdaptConfig(sizes=())
+        dataclasses.replace(good, init_mode="pool")
+    with pytest.raises(ValueError, match="ipcs"):
+        dataclasses.replace(good, ipcs=())
     with pytest.raises(ValueError, match="learning_rate"):
-        adapt.AdaptConfig(learning_rate=0.0)
+        dataclasses.replace(good, learning_rate=0.0)
+    with pytest.raises(ValueError, match="log_every"):
+        dataclasses.replace(good, log_every=0)
+    with pytest.raises(ValueError, match="empty item"):
+        adapt.AdaptConfig.from_config({**SMOKE_ADAPT, "ipcs": "1,,3"}, FEAT, (2,))
     lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)
     params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
     with pytest.raises(ValueError, match="IPC=31 is larger than"):
         adapt.adapt(jax.random.key(0), params, ds, lm, GEN,
-                    adapt.AdaptConfig(steps=1, batch_size=12, sizes=(31,), feature=FEAT),
+                    acfg((31,), steps=1, batch_size=12),
                     progress=False)
     with pytest.raises(ValueError, match="real batch per class"):
         adapt.adapt(jax.random.key(0), params, ds, lm, GEN,
-                    adapt.AdaptConfig(steps=1, batch_size=1000, sizes=(2,), feature=FEAT),
+                    acfg(steps=1, batch_size=1000),
+                    progress=False)
+
+
+def test_adapt_config_has_no_defaults_of_its_own():
+    """The config file is the single source: every AdaptConfig field comes from it."""
+    fields = {f.name: f for f in dataclasses.fields(adapt.AdaptConfig)}
+    assert all(f.default is dataclasses.MISSING for f in fields.values())
+    cpu = distill_config.get_config("cpu")
+    cfg = adapt.AdaptConfig.from_config(cpu.adapt.to_dict(), FEAT, (10,))
+    for name, value in cpu.adapt.items():
+        if name not in ("ipcs", "init_mode"):
+            assert getattr(cfg, name) == value, name
+    assert set(fields) == set(cpu.adapt) | {"feature"}
+    assert (cfg.init_mode, cfg.ipcs) == ("single", (10,))
+    pinned = adapt.AdaptConfig.from_config({**cpu.adapt.to_dict(), "ipcs": "10,1"}, FEAT, (50,))
+    assert (pinned.init_mode, pinned.ipcs) == ("multi", (1, 10))
+
+
+@pytest.mark.parametrize("text,match", [("1,,10", "empty item"), ("", "is empty"),
+                                        ("1,x", "comma list"), ("0,2", ">= 1"),
+                                        (",", "empty item")])
+def test_parse_ipcs_refuses_malformed_lists(text, match):
+    with pytest.raises(ValueError, match=match):
+        adapt.parse_ipcs(text)
+
+
+def test_parse_ipcs_accepts_ints_and_lists():
+    assert adapt.parse_ipcs("10, 1,10") == (1, 10)
+    assert adapt.parse_ipcs(5) == (5,)
+    assert adapt.parse_ipcs((50, 1)) == (1, 50)
+
+
+def test_single_init_set_is_the_one_adapt_uses(tiny_dataset):
+    ds = tiny_dataset
+    lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)
+    params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
+    res = adapt.adapt(jax.random.key(9), params, ds, lm, GEN, acfg(steps=1, batch_size=12),
+                      progress=False)
+    x, y = adapt.single_init_set(jax.random.key(9), ds, 2)
+    np.testing.assert_array_equal(res.single_init[0], x)
+    np.testing.assert_array_equal(res.single_init[1], y)
+
+
+def test_non_finite_loss_is_a_clear_error(tiny_dataset):
+    ds = tiny_dataset
+    lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)
+    params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
+    with pytest.raises(adapt.NonFiniteLossError, match="at step 2; lower the learning rate"):
+        adapt.adapt(jax.random.key(2), params, ds, lm, GEN,
+                    acfg(steps=3, batch_size=12, learning_rate=1e30, log_every=1),
                     progress=False)
