@@ -21,7 +21,7 @@ from absl import app, flags
 
 from experiments import cli, distill
 from mgdd_jax import adapt as adapt_lib
-from mgdd_jax import api, checkpoint, evaluate, krr, labels, outputs
+from mgdd_jax import api, checkpoint, evaluation, krr, labels, outputs
 from mgdd_jax import generator as gen_lib
 
 
@@ -51,7 +51,7 @@ def curve(prep: distill.Prepared, at: list[int]) -> dict:
 
         def on_step(step, p, name=name, points=points):
             x_syn = gen_lib.generate(p, x_init, ipc, fit.gen_config)
-            res = evaluate.evaluate_synthetic(keys["eval"], x_syn, y_syn, ds.x_test, ds.y_test,
+            res = evaluation.evaluate_synthetic(keys["eval"], x_syn, y_syn, ds.x_test, ds.y_test,
                                               prep.protocol, num_classes=c, progress=False)
             points.append({"step": step, "mean": res["mean"], "std": res["std"],
                            "per_seed": res["per_seed"]})
@@ -61,7 +61,7 @@ def curve(prep: distill.Prepared, at: list[int]) -> dict:
         res = adapt_lib.adapt(keys["adapt"], params, ds, label_model, fit.gen_config, adapt_cfg,
                               progress=False, callback=on_step, callback_steps=at)
         result["curves"][name] = {"points": points, "seconds_per_step": res.seconds_per_step}
-    base = evaluate.evaluate_synthetic(keys["eval"], x_init, krr.centred_onehot(l_init, c),
+    base = evaluation.evaluate_synthetic(keys["eval"], x_init, krr.centred_onehot(l_init, c),
                                        ds.x_test, ds.y_test, prep.protocol, num_classes=c,
                                        progress=False)
     result["random_real"] = {"mean": base["mean"], "std": base["std"],

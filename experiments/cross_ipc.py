@@ -20,7 +20,7 @@ import jax
 from absl import app, flags
 
 from experiments import cli, distill
-from mgdd_jax import api, data, evaluate, krr, outputs
+from mgdd_jax import api, data, evaluation, krr, outputs
 
 
 def run(prep: distill.Prepared, generate: list[int]) -> dict:
@@ -39,9 +39,9 @@ def run(prep: distill.Prepared, generate: list[int]) -> dict:
         x_init, l_init = distiller.initial_set(ipc)
         x_syn, y_syn = distiller.generate(ipc)
         k = jax.random.fold_in(k_eval, ipc)
-        gen_res = evaluate.evaluate_synthetic(k, x_syn, y_syn, ds.x_test, ds.y_test,
+        gen_res = evaluation.evaluate_synthetic(k, x_syn, y_syn, ds.x_test, ds.y_test,
                                               prep.protocol, num_classes=c, progress=False)
-        real = evaluate.evaluate_synthetic(k, x_init, krr.centred_onehot(l_init, c), ds.x_test,
+        real = evaluation.evaluate_synthetic(k, x_init, krr.centred_onehot(l_init, c), ds.x_test,
                                            ds.y_test, prep.protocol, num_classes=c,
                                            progress=False)
         out["results"][str(ipc)] = {

@@ -41,7 +41,7 @@ from ml_collections import config_flags
 from experiments import cli
 from experiments.configs.datasets import settings_for
 from mgdd_jax import adapt as adapt_lib
-from mgdd_jax import api, checkpoint, data, evaluate, krr, labels, outputs
+from mgdd_jax import api, checkpoint, data, evaluation, krr, labels, outputs
 from mgdd_jax.data import sources
 from mgdd_jax.progress import stage
 
@@ -97,11 +97,11 @@ class Prepared:
     ipcs: tuple[int, ...]
     dataset: data.Dataset
     fit: api.FitConfig
-    protocol: evaluate.EvalProtocol
+    protocol: evaluation.EvalProtocol
 
 
-def _protocol(config: ml_collections.ConfigDict, dataset: str) -> evaluate.EvalProtocol:
-    protocol = evaluate.get_protocol(config.eval.protocol, dataset)
+def _protocol(config: ml_collections.ConfigDict, dataset: str) -> evaluation.EvalProtocol:
+    protocol = evaluation.get_protocol(config.eval.protocol, dataset)
     changes: dict[str, Any] = {"num_seeds": config.eval.num_seeds}
     if config.eval.steps:
         changes["steps"] = config.eval.steps
@@ -206,10 +206,10 @@ def _generate_and_evaluate(ipc: int, distiller: api.Distiller, prep: Prepared, o
         ds.class_names, title=f"{config.dataset}, IPC {ipc}")
     if config.eval.enabled:
         stage(f"evaluating IPC {ipc} ({protocol.name} protocol, {protocol.num_seeds} seeds)")
-        result["eval"] = evaluate.evaluate_synthetic(k_eval, x_syn, y_syn, ds.x_test, ds.y_test,
+        result["eval"] = evaluation.evaluate_synthetic(k_eval, x_syn, y_syn, ds.x_test, ds.y_test,
                                                      protocol, num_classes=c)
         if config.eval.random_baseline:
-            result["random_real_baseline"] = evaluate.evaluate_synthetic(
+            result["random_real_baseline"] = evaluation.evaluate_synthetic(
                 k_eval, x_init, krr.centred_onehot(l_init, c), ds.x_test, ds.y_test, protocol,
                 num_classes=c)
     return result

@@ -34,7 +34,7 @@ import numpy as np
 import mgdd_jax
 from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import checkpoint, data, labels, nets, outputs
-from mgdd_jax import evaluate as evaluate_lib
+from mgdd_jax import evaluation as evaluate_lib
 from mgdd_jax import generator as gen_lib
 from mgdd_jax.data import load as load_lib
 from mgdd_jax.data import validation

@@ -1,4 +1,4 @@
-"""mgdd_jax.evaluate and mgdd_jax.augment: the protocol, the training loop, accuracy, inputs.
+"""mgdd_jax.evaluation and mgdd_jax.augment: the protocol, the training loop, accuracy, inputs.
 
 Everything is tiny (8x8x1 images, width 8, tens of steps) so the module runs in seconds on a
 2-core CPU. Tests that share a protocol and set size share one compiled train step.
@@ -9,7 +9,6 @@ them, a loop that ignores the labels or scrambles the images cannot.
 """
 
 import dataclasses
-import importlib
 import json
 import math
 
@@ -21,10 +20,7 @@ import pytest
 from scipy import ndimage
 
 from mgdd_jax import augment, krr, nets
-
-# The module, not the package-level ``mgdd_jax.evaluate`` function of mgdd_jax/__init__.py,
-# which shadows the submodule's name as an attribute of the package.
-evaluate = importlib.import_module("mgdd_jax.evaluate")
+from mgdd_jax import evaluation as evaluate
 
 H = 8
 C = 4
