@@ -38,7 +38,7 @@ from mgdd_jax import evaluation as evaluate_lib
 from mgdd_jax import generator as gen_lib
 from mgdd_jax.data import load as load_lib
 from mgdd_jax.data import validation
-from mgdd_jax.data.sources import RawData
+from mgdd_jax.data.dataset import RawData
 from mgdd_jax.progress import stage
 
 DISTILLER_FORMAT = "mgdd_jax.distiller/1"
@@ -406,17 +406,18 @@ def fit_dataset(ds: data.Dataset, fit_config: FitConfig, key: chex.PRNGKey, *,
 
 def evaluate(x_syn: Any, y_syn: Any, x_test: Any, y_test: Any, *, key: chex.PRNGKey,
              protocol: str | evaluate_lib.EvalProtocol = "cpu", num_seeds: int | None = None,
-             progress: bool = False) -> dict[str, Any]:
+             steps: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Train fresh networks on a synthetic set and test them (FRePo's protocol, or ``"cpu"``).
 
     ``x_test`` must be in the synthetic set's (preprocessed) space: pass
-    ``distiller.preprocess(raw_test_images)``. The result records its protocol
-    (``result["protocol"]``) next to ``mean``, ``std`` and ``per_seed`` accuracies.
+    ``distiller.preprocess(raw_test_images)``. ``num_seeds`` and ``steps`` override the
+    protocol's. The result records its protocol (``result["protocol"]``) next to ``mean``,
+    ``std`` and ``per_seed`` accuracies.
     """
     if isinstance(protocol, str):
         protocol = evaluate_lib.get_protocol(protocol)
-    if num_seeds is not None:
-        protocol = dataclasses.replace(protocol, num_seeds=int(num_seeds))
+    changes = {k: int(v) for k, v in (("num_seeds", num_seeds), ("steps", steps)) if v}
+    protocol = dataclasses.replace(protocol, **changes)
     return evaluate_lib.evaluate_synthetic(key, _to_numpy(x_syn), _to_numpy(y_syn),
                                            _to_numpy(x_test), _to_numpy(y_test), protocol,
                                            progress=progress)

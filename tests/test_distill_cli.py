@@ -43,6 +43,7 @@ def test_end_to_end_outputs(finished_run):
     assert {"ipc1.npz", "ipc2.npz", "samples_ipc1.png", "samples_ipc2.png", "metrics.json",
             "config.json", "adapt_history.json", "generator"} <= names
     assert not [n for n in names if n.startswith(".tmp-")]  # nothing half written
+    assert not [n for n in os.listdir(out.parent) if ".tmp-" in n or ".old-" in n]
     on_disk = json.load(open(out / "metrics.json"))
     for ipc in ("1", "2"):
         r = on_disk["results"][ipc]
@@ -94,6 +95,8 @@ def test_checkpoint_round_trip(finished_run):
         ({"ipc": "0"}, "every IPC must be >= 1"),
         ({"ipc": "ten"}, "comma list of integers"),
         ({"ipc": ""}, "--ipc is empty"),
+        ({"ipc": "1,,10"}, "empty item"),
+        ({"adapt.ipcs": "1,,2"}, "empty item"),
         ({"ipc": "7000"}, "IPC=7000 is larger than"),
         ({"dataset": "imagenet"}, "imagenet"),
         ({"out": ""}, "--out is required"),
@@ -110,8 +113,7 @@ def test_bad_input_is_refused_before_work(tmp_path, monkeypatch, overrides, matc
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         distill.run(c)
     assert not calls  # no label solve, no adaptation
-    if os.path.isdir(tmp_path / "o"):
-        assert os.listdir(tmp_path / "o") == []
+    assert os.listdir(tmp_path) == []  # --out not created, no temporary sibling
 
 
 def test_unwritable_out_dir(tmp_path):
@@ -166,3 +168,66 @@ def test_cli_rejects_misspelled_override(tmp_path):
            f"--out={tmp_path / 'o'}"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "stepz" in p.stderr
+
+
+# ------------------------------------------------------- results all at once or not at all
+def quick(out, **overrides):
+    return smoke(**{"out": str(out), "ipc": "2", "eval.enabled": False, **overrides})
+
+
+def test_existing_results_are_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="already holds results.*--overwrite"):
+        distill.run(quick(out))
+    assert os.listdir(out) == ["metrics.json"]
+    distill.run(quick(out, overwrite=True))
+    assert "ipc2.npz" in os.listdir(out) and json.load(open(out / "metrics.json"))["results"]
+    assert sorted(os.listdir(tmp_path)) == ["o"]  # no temporary or old siblings left
+
+
+def test_nan_mid_run_leaves_out_untouched(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("an earlier result")
+    with pytest.raises(FloatingPointError, match="at step 2; lower the learning rate"):
+        distill.run(quick(out, overwrite=True, **{"adapt.learning_rate": 1e30}))
+    assert os.listdir(out) == ["keep.txt"]  # the earlier result survives, nothing half written
+    assert sorted(os.listdir(tmp_path)) == ["o"]
+
+
+def test_config_knobs_compose():
+    c = distill_config.get_config("size=paper,eval=cpu")
+    assert (c.generator.width, c.feature.width, c.adapt.batch_size) == (64, 128, 1024)
+    assert c.eval.protocol == "cpu"
+    p = distill_config.get_config("paper")
+    assert (p.generator.width, p.eval.protocol) == (64, "frepo")
+    assert distill_config.get_config("smoke,eval=frepo").eval.protocol == "frepo"
+    assert distill_config.get_config().variant == "eval=cpu,size=cpu"
+    for bad, match in (("bogus", "unknown distill config preset"),
+                       ("size=huge", "choose from"), ("colour=red", "unknown distill config knob")):
+        with pytest.raises(ValueError, match=match):
+            distill_config.get_config(bad)
+
+
+def _cli(tmp_path, *args):
+    cmd = [sys.executable, "-m", "experiments.distill",
+           "--config=experiments/configs/distill.py:smoke", "--dataset=digits",
+           f"--out={tmp_path / 'o'}", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_shorthand_is_validated_in_one_line(tmp_path):
+    p = _cli(tmp_path, "--ipc=1,,10")
+    assert p.returncode == 2 and "empty item" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_nan_loss_is_one_line_and_writes_nothing(tmp_path):
+    p = _cli(tmp_path, "--ipc=2", "--config.adapt.learning_rate=1e30",
+             "--config.eval.enabled=False")
+    assert p.returncode == 1, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: adaptation loss is nan") and "was left as it was" in last
+    assert "Traceback" not in p.stderr
+    assert os.listdir(tmp_path) == []
