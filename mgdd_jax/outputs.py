@@ -228,7 +228,13 @@ def check_output_dir(path: str, *, overwrite: bool = False, flag: str = "--out")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise ValueError(f"{flag}={path} already holds results; choose a new {flag} or pass "
                          "--overwrite to replace them.")
-    check_writable_dir(os.path.dirname(path))
+    parent = os.path.dirname(path)
+    try:
+        check_writable_dir(parent)
+    except ValueError as e:
+        raise ValueError(f"output directory {path} is not writable (cannot write into its "
+                         f"parent {parent}); choose another {flag} or fix its permissions."
+                         ) from e
     if os.path.isdir(path):
         check_writable_dir(path)
     return path
