@@ -146,39 +146,27 @@ def init_adapt_state(params: Any, config: AdaptConfig) -> dict[str, Any]:
     The parameters are copied: the step donates its state, and the caller's arrays (a meta
     generator reused for several runs, say) must survive it.
     """
-    params = jax.tree.map(jnp.copy, params)
-    return {
-        "params": params,
-        "opt_state": make_optimizer(config).init(params),
-        "step": jnp.zeros((), jnp.int32),
-    }
-
-
-def make_adapt_step(
-    gen_config: GeneratorConfig, config: AdaptConfig, num_classes: int
-) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
-    """Build the jitted Alg. 2 step ``step(state, key, label_model, batch) -> (state, metrics)``.
-
-    ``batch`` holds ``x_t`` (n_t images), ``l_t`` (their int labels), ``x_s`` (initial
-    synthetic images), ``l_s`` (their int labels) and ``ipc`` (float scalar);
-    ``onehot`` (static) picks centred one-hot synthetic labels instead of Eq. 3. The step
-    compiles once per (n_s, onehot) pair; the state is donated.
-    """
     optimizer = make_optimizer(config)
-    feature = config.feature
-    loss_fn = functools.partial(objective.generator_krr_loss, gen_config=gen_config,
-                                feature=feature, reg=config.reg)
 
-    @functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("onehot",))
-    def step(state, key, label_model, batch, *, onehot: bool):
-        y_t = krr.centred_onehot(batch["l_t"], num_classes)
-        if onehot:
-            y_s = krr.centred_onehot(batch["l_s"], num_classes)
-        else:
-            y_s = labels.synthetic_labels(label_model, batch["x_s"], feature)
-        loss, grads = jax.value_and_grad(loss_fn)(
-            state["params"], batch["x_s"], y_s, batch["x_t"], y_t, batch["ipc"], key
-        )
+    @jax.jit
+    def init(params):
+        params = jax.tree.map(jnp.copy, params)
+        return {"params": params, "opt_state": optimizer.init(params),
+                "step": jnp.zeros((), jnp.int32)}
+
+    return init(params)
+
+
+def _make_update(gen_config: GeneratorConfig, config: AdaptConfig, num_classes: int):
+    """Alg. 2 lines 9-12 on given images: ``update(state, θ*-key, x_s, y_s, x_t, l_t, ipc)``."""
+    optimizer = make_optimizer(config)
+    loss_fn = functools.partial(objective.generator_krr_loss, gen_config=gen_config,
+                                feature=config.feature, reg=config.reg)
+
+    def update(state, theta_key, x_s, y_s, x_t, l_t, ipc):
+        y_t = krr.centred_onehot(l_t, num_classes)
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"], x_s, y_s, x_t, y_t, ipc,
+                                                  theta_key)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         new_state = {
             "params": optax.apply_updates(state["params"], updates),
@@ -187,7 +175,88 @@ def make_adapt_step(
         }
         return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
+    return update
+
+
+def _synthetic_labels(label_model, x_s, l_s, num_classes, feature, onehot: bool):
+    if onehot:
+        return krr.centred_onehot(l_s, num_classes)
+    return labels.synthetic_labels(label_model, x_s, feature)
+
+
+def make_adapt_step(
+    gen_config: GeneratorConfig, config: AdaptConfig, num_classes: int
+) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
+    """Build the jitted Alg. 2 step ``step(state, key, label_model, batch) -> (state, metrics)``
+    on a given batch (for tests and benchmarks; :func:`adapt` samples on the device instead).
+
+    ``batch`` holds ``x_t`` (n_t images), ``l_t`` (their int labels), ``x_s`` (initial
+    synthetic images), ``l_s`` (their int labels) and ``ipc`` (float scalar);
+    ``onehot`` (static) picks centred one-hot synthetic labels instead of Eq. 3. The step
+    compiles once per (n_s, onehot) pair; the state is donated.
+    """
+    update = _make_update(gen_config, config, num_classes)
+
+    @functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("onehot",))
+    def step(state, key, label_model, batch, *, onehot: bool):
+        y_s = _synthetic_labels(label_model, batch["x_s"], batch["l_s"], num_classes,
+                                config.feature, onehot)
+        return update(state, key, batch["x_s"], y_s, batch["x_t"], batch["l_t"], batch["ipc"])
+
     return step
+
+
+def make_adapt_chunk(
+    gen_config: GeneratorConfig, config: AdaptConfig, num_classes: int
+) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
+    """Build the device-resident loop: ``chunk(state, loop_key, label_model, train, init, *,
+    length, ipc, onehot) -> (state, last metrics)`` runs ``length`` Alg. 2 steps in one
+    ``lax.scan``, with no host work in between.
+
+    Step ``t = state["step"]`` uses ``fold_in(loop_key, t)`` split into (real batch, initial
+    set, θ*) keys. ``train`` is ``{"x", "y", "index"}`` on the device (all training images,
+    labels and their :class:`~mgdd_jax.data.ClassIndex`); the class-balanced real batch
+    (line 7) is sampled and gathered inside. ``init`` is the fixed ``(x_s, l_s)`` of
+    single initialisation, or None to draw a new initial set of ``ipc`` per class every
+    step (multi-initialisation). The state is donated; the metrics of the chunk's last step
+    are returned (fetched by the caller only when it logs).
+    """
+    update = _make_update(gen_config, config, num_classes)
+    feature = config.feature
+
+    @functools.partial(jax.jit, donate_argnums=(0,),
+                       static_argnames=("length", "ipc", "onehot"))
+    def chunk(state, loop_key, label_model, train, init, *, length: int, ipc: int,
+              onehot: bool):
+        fixed = None
+        if init is not None:  # Eq. 3 labels of a fixed set: once, not every step
+            fixed = (init[0], _synthetic_labels(label_model, init[0], init[1], num_classes,
+                                                feature, onehot))
+
+        def body(state, _):
+            k_batch, k_init, k_theta = jax.random.split(
+                jax.random.fold_in(loop_key, state["step"]), 3)
+            t_idx = data_lib.balanced_batch_indices(k_batch, train["index"], config.batch_size)
+            if fixed is None:
+                s_idx = data_lib.class_balanced_indices(k_init, train["index"], ipc)
+                x_s = train["x"][s_idx]
+                y_s = _synthetic_labels(label_model, x_s, train["y"][s_idx], num_classes,
+                                        feature, onehot)
+            else:
+                x_s, y_s = fixed
+            return update(state, k_theta, x_s, y_s, train["x"][t_idx], train["y"][t_idx],
+                          jnp.float32(ipc))
+
+        state, metrics = jax.lax.scan(body, state, None, length=length)
+        return state, jax.tree.map(lambda v: v[-1], metrics)
+
+    return chunk
+
+
+def _chunks(steps: int, log_every: int, stops: set[int]) -> list[int]:
+    """Ends of the scan chunks: every logging step, every callback step and the last one."""
+    ends = set(range(log_every, steps + 1, log_every)) | {s for s in stops if 0 < s <= steps}
+    return sorted(ends | ({steps} if steps else set()))
 
 
 @dataclasses.dataclass
@@ -266,47 +335,43 @@ def adapt(
     """
     c = dataset.num_classes
     check_adapt_inputs(dataset, config)
-    index = data_lib.ClassIndex.from_labels(dataset.y_train, c)
     init_key, loop_key = jax.random.split(key)
-
-    single_init = None
-    if config.init_mode == "single":
-        single_init = single_init_set(key, dataset, config.ipcs[0])
-
-    step_fn = make_adapt_step(gen_config, config, c)
-    state = init_adapt_state(params, config)
+    # One-time setup: explicit uploads of the training set and its class index. Nothing
+    # crosses between host and device inside the loop (tests run it under
+    # jax.transfer_guard("disallow")); metrics are fetched only at logging steps.
+    with jax.transfer_guard("allow"):
+        index = data_lib.ClassIndex.from_labels(dataset.y_train, c)
+        train = jax.device_put({"x": dataset.x_train, "y": dataset.y_train, "index": index})
+        single_init = None
+        if config.init_mode == "single":
+            single_init = single_init_set(key, dataset, config.ipcs[0])
+            init_dev = jax.device_put(single_init)
+        # Multi-init: the IPC of every step, drawn up front (one transfer, not one per step).
+        ipc_ids = np.asarray(jax.random.randint(jax.random.fold_in(init_key, 1),
+                                                (config.steps,), 0, len(config.ipcs)))
+        state = init_adapt_state(params, config)
+    chunk_fn = make_adapt_chunk(gen_config, config, c)
     bar = Progress("adapt", config.steps, enabled=progress)
     history: list[dict[str, float]] = []
-    # Multi-init: the IPC of every step, drawn up front (one host transfer, not one per step).
-    ipc_ids = np.asarray(
-        jax.random.randint(jax.random.fold_in(init_key, 1), (config.steps,), 0, len(config.ipcs))
-    )
-    t_first = 0.0
     callback_steps = set(int(s) for s in callback_steps)
     if callback is not None and 0 in callback_steps:
         callback(0, params)
+    if single_init is not None:  # single-init: scan chunks between logging/callback steps
+        ends = _chunks(config.steps, config.log_every, callback_steps)
+    else:  # multi-init: one dispatch per step (its IPC sets the shapes), still no host sync
+        ends = list(range(1, config.steps + 1))
     t_start = time.perf_counter()
-    for i in range(config.steps):
-        t0 = time.perf_counter()
-        k_batch, k_init, k_theta = jax.random.split(jax.random.fold_in(loop_key, i), 3)
-        t_idx = np.asarray(data_lib.balanced_batch_indices(k_batch, index, config.batch_size))
+    t_first, first_len, done = 0.0, 0, 0
+    for end in ends:
         if single_init is not None:
-            ipc = config.ipcs[0]
-            x_s, l_s = single_init
+            ipc, init = config.ipcs[0], init_dev
         else:
-            ipc = config.ipcs[ipc_ids[i]]
-            s_idx = np.asarray(data_lib.class_balanced_indices(k_init, index, ipc))
-            x_s, l_s = dataset.x_train[s_idx], dataset.y_train[s_idx]
-        batch = {
-            "x_t": dataset.x_train[t_idx],
-            "l_t": dataset.y_train[t_idx],
-            "x_s": x_s,
-            "l_s": l_s,
-            "ipc": np.float32(ipc),
-        }
+            ipc, init = config.ipcs[int(ipc_ids[done])], None
         onehot = labels.resolve_label_mode(config.label_mode, ipc) == "onehot"
-        state, metrics = step_fn(state, k_theta, label_model, batch, onehot=onehot)
-        done = i + 1
+        state, metrics = chunk_fn(state, loop_key, label_model, train, init,
+                                  length=end - done, ipc=ipc, onehot=onehot)
+        first = done == 0
+        done = end
         if done % config.log_every == 0 or done == config.steps:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not np.isfinite(m["loss"]):
@@ -319,15 +384,14 @@ def adapt(
         bar.update(done, metrics)
         if callback is not None and done in callback_steps:
             callback(done, state["params"])
-        if i == 0:
+        if first:
             jax.block_until_ready(state["params"])
-            t_first = time.perf_counter() - t0
+            t_first, first_len = time.perf_counter() - t_start, done
+    jax.block_until_ready(state["params"])
     seconds = time.perf_counter() - t_start
     bar.close()
-    if config.steps > 1:
-        per_step = (seconds - t_first) / (config.steps - 1)
-    else:
-        per_step = seconds
+    rest = config.steps - first_len
+    per_step = (seconds - t_first) / rest if rest > 0 else seconds / max(config.steps, 1)
     return AdaptResult(
         params=state["params"],
         history=history,
