@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import cli
 from experiments.benchmarks.common import machine_info
 from mgdd_jax import data, krr, nets, outputs
 
@@ -32,6 +33,7 @@ _N_TEST = flags.DEFINE_integer("n_test", 2000, "Test images for the KRR accuracy
 
 def main(argv):
     del argv
+    cli.quiet_library_logs()
     ds = data.load_dataset("fashion_mnist")
     c = ds.num_classes
     key = jax.random.key(0)

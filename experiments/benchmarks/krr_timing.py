@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from experiments import cli
 from experiments.benchmarks.common import machine_info, time_fn
 from mgdd_jax import krr, outputs
 
@@ -29,6 +30,7 @@ def _features(key, n, p):
 
 def main(argv):
     del argv
+    cli.quiet_library_logs()
     key = jax.random.key(0)
     k1, k2, k3 = jax.random.split(key, 3)
     n_t, p, c = _N_T.value, _P.value, _C.value
