@@ -1,22 +1,28 @@
 """Generator checkpoints (orbax): parameters plus the config they were built with.
 
-A checkpoint directory is an orbax ``CheckpointManager`` root; each step holds two items,
-``params`` (the generator's parameters, ``StandardSave``) and ``meta`` (JSON: the
-``GeneratorConfig``, what kind of generator it is, how it was made). orbax writes a step to a
-temporary directory and renames it when complete, so a crash never leaves a half-written
-step behind.
+A checkpoint directory is an orbax ``CheckpointManager`` root; each step holds the items
+``params`` (the generator's parameters, ``StandardSave``) and ``meta`` (JSON:
+:func:`checkpoint_meta`, i.e. ``format``, the ``GeneratorConfig`` under ``generator``, and
+``info``: what kind of generator it is, how it was made). A meta-training run's steps
+(:func:`save_train_state`) hold a third item, ``opt_state``; they are generator checkpoints
+all the same, so a meta-training workdir's ``checkpoints/`` loads with :func:`load_generator`.
+orbax writes a step to a temporary directory and renames it when complete, so a crash never
+leaves a half-written step behind.
 
-Loading checks the stored config against the one asked for *before* reading any array: a
-checkpoint from another architecture is a :class:`CheckpointMismatchError` that names the
-fields that differ. The one tolerated difference is ``image_channels``: a meta generator
+One compatibility check, :func:`check_config_matches`, compares a stored config (nested
+dicts) with the wanted one *before* any array is read and raises a
+:class:`CheckpointMismatchError` naming the fields that differ. Loading a generator uses it
+(:func:`check_compatible`) with one tolerated difference, ``image_channels``: a meta generator
 trained on RGB loads into a generator for grey images, its core restored and fresh channel
-adaptors added (App. B).
+adaptors added (App. B). Resuming a meta-training run uses it on the whole run config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import jax
@@ -38,6 +44,13 @@ def _manager(directory: str, *, max_to_keep: int | None = None, read_only: bool 
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def checkpoint_meta(gen_config: GeneratorConfig,
+                    info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON ``meta`` item of every step: ``{"format", "generator", "info"}``."""
+    return {"format": CHECKPOINT_FORMAT, "generator": gen_config.to_dict(),
+            "info": dict(info or {})}
+
+
 def save_generator(
     directory: str,
     step: int,
@@ -52,7 +65,7 @@ def save_generator(
     Returns:
       The step's directory.
     """
-    meta = {"format": CHECKPOINT_FORMAT, "generator": config.to_dict(), "info": info or {}}
+    meta = checkpoint_meta(config, info)
     with _manager(directory, max_to_keep=max_to_keep) as mngr:
         mngr.save(
             step,
@@ -89,17 +102,80 @@ def read_meta(directory: str, step: int | None = None) -> tuple[int, dict[str, A
     return step, meta
 
 
+def _plain(tree: Any) -> Any:
+    """JSON's view of ``tree`` (tuples become lists), so stored and wanted compare alike."""
+    return json.loads(json.dumps(tree, default=lambda o: list(o) if isinstance(o, tuple)
+                                 else o.item() if hasattr(o, "item") else str(o)))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping) and tree:
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+_MISSING = "<missing>"
+
+
+def config_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any], *,
+                       ignore: Collection[str] = ()) -> list[tuple[str, Any, Any]]:
+    """``(field, stored value, wanted value)`` for every differing leaf of two nested dicts.
+
+    Fields are dotted paths (``"generator.width"``, ``"meta.inner_steps"``); a field present
+    on one side only differs (the other side's value is ``"<missing>"``). ``ignore`` lists
+    dotted fields that may differ.
+    """
+    a, b = _flatten(_plain(dict(stored))), _flatten(_plain(dict(wanted)))
+    return [(k, a.get(k, _MISSING), b.get(k, _MISSING)) for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k, _MISSING) != b.get(k, _MISSING)]
+
+
+def check_config_matches(
+    stored: Mapping[str, Any],
+    wanted: Mapping[str, Any],
+    *,
+    where: str,
+    what: str,
+    advice: str,
+    ignore: Collection[str] = (),
+    not_flags: Collection[str] = (),
+) -> None:
+    """The one compatibility check: raise unless ``stored`` equals ``wanted`` (but ``ignore``).
+
+    Args:
+      stored: the config a checkpoint was made with, as nested dicts laid out like the run
+        config (so a field's dotted path is its ``--config.`` flag).
+      wanted: the config asked for, same layout.
+      where: the checkpoint's location, for the message.
+      what: what was made (``"generator"``, ``"meta-training run"``), for the message.
+      advice: what to do; ``{fix}`` in it becomes the flags that reproduce the stored config.
+      ignore: dotted fields allowed to differ.
+      not_flags: dotted fields that are no ``--config.`` flag (derived, e.g. from the data):
+        named in the message, left out of ``{fix}``.
+
+    Raises:
+      CheckpointMismatchError: naming every differing field with both values.
+    """
+    diff = config_differences(stored, wanted, ignore=ignore)
+    if diff:
+        fields = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, a, b in diff)
+        fix = " ".join(f"--config.{k}={a}" for k, a, _ in diff
+                       if a is not _MISSING and k not in not_flags)
+        raise CheckpointMismatchError(
+            f"the checkpoint at {where!r} was made for another {what} ({fields}). "
+            + advice.format(fix=fix))
+
+
 def check_compatible(stored: GeneratorConfig, wanted: GeneratorConfig, where: str) -> None:
     """Raise :class:`CheckpointMismatchError` unless ``stored`` can load into ``wanted``."""
-    a, b = dataclasses.asdict(stored), dataclasses.asdict(wanted)
-    diff = [k for k in a if k != "image_channels" and a[k] != b[k]]
-    if diff:
-        fields = ", ".join(f"{k}: checkpoint {a[k]!r} vs config {b[k]!r}" for k in diff)
-        fix = " ".join(f"--config.generator.{k}={a[k]}" for k in diff)
-        raise CheckpointMismatchError(
-            f"the checkpoint at {where!r} was made for another generator ({fields}). "
-            f"Load it with a matching config ({fix}) or pick a checkpoint of this architecture."
-        )
+    check_config_matches(
+        {"generator": dataclasses.asdict(stored)}, {"generator": dataclasses.asdict(wanted)},
+        where=where, what="generator", ignore=("generator.image_channels",),
+        advice="Load it with a matching config ({fix}) or pick a checkpoint of this "
+               "architecture.")
 
 
 def load_generator(
@@ -139,3 +215,61 @@ def load_generator(
         core = {k: v for k, v in params.items() if not k.startswith("adaptor")}
         params = {**core, **{k: v for k, v in fresh.items() if k.startswith("adaptor")}}
     return params, meta
+
+
+# ------------------------------------------------------------------------ training state
+def open_train_state_manager(directory: str, *, save_interval_steps: int = 1,
+                             max_to_keep: int | None = None) -> ocp.CheckpointManager:
+    """The checkpoint manager of a training run (create ``directory`` if needed).
+
+    :func:`save_train_state` saves every ``save_interval_steps``-th step (and any forced one);
+    the ``max_to_keep`` latest steps are kept (None: all). Close it (or use it as a context
+    manager) when done.
+    """
+    options = ocp.CheckpointManagerOptions(save_interval_steps=save_interval_steps,
+                                           max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save_train_state(mngr: ocp.CheckpointManager, step: int, state: Mapping[str, Any],
+                     meta: Mapping[str, Any], *, force: bool = False) -> bool:
+    """Save ``state["params"]``, ``state["opt_state"]`` and the JSON ``meta`` as ``step``.
+
+    ``meta`` is :func:`checkpoint_meta`'s dict (``format``, ``generator``, ``info``), so the
+    step is also a generator checkpoint. Asynchronous: call ``mngr.wait_until_finished()``
+    before relying on it. Returns whether a save was started (the manager's interval policy
+    skips other steps unless ``force``).
+    """
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"meta must be checkpoint_meta(...)'s dict, got format "
+                         f"{meta.get('format')!r}")
+    return mngr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state["params"]),
+        opt_state=ocp.args.StandardSave(state["opt_state"]),
+        meta=ocp.args.JsonSave(dict(meta))), force=force)
+
+
+def read_train_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The JSON ``meta`` of ``step`` (no array is read)."""
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def restore_train_state(mngr: ocp.CheckpointManager, step: int,
+                        abstract_state: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"params", "opt_state"}`` of ``step``, shaped, typed and placed like
+    ``abstract_state``'s (arrays or ``jax.ShapeDtypeStruct``s with shardings)."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                            {k: abstract_state[k] for k in ("params", "opt_state")})
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract["params"]),
+        opt_state=ocp.args.StandardRestore(abstract["opt_state"])))
+    return {"params": restored["params"], "opt_state": restored["opt_state"]}
+
+
+def latest_step(directory: str) -> int | None:
+    """The latest complete step under ``directory`` (None: no directory or no step); reads
+    and writes nothing else."""
+    if not os.path.isdir(directory):
+        return None
+    with _manager(directory, read_only=True) as mngr:
+        return mngr.latest_step()

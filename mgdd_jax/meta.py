@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import chex
@@ -42,13 +43,18 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mgdd_jax import krr, nets
-from mgdd_jax.generator import GeneratorConfig, apply_generator
+from mgdd_jax import krr, nets, objective, optim
+from mgdd_jax.generator import GeneratorConfig
+from mgdd_jax.rng import numpy_rng
 
 
 @dataclasses.dataclass(frozen=True)
 class MetaConfig:
-    """Hyper-parameters of Alg. 1 (defaults: the paper's Tab. 7, meta-learning stage).
+    """Hyper-parameters of Alg. 1 (the paper's Tab. 7, meta-learning stage).
+
+    Every field is required: the values live in the config files only
+    (``experiments/configs/meta_glyphs.py``; the paper's recipe in ``meta_imagenet.py``), and
+    :func:`from_config` builds this from their ``meta`` and ``feature`` subtrees.
 
     Attributes:
       steps: meta-testing iterations T' (outer steps; also the cosine schedule's length).
@@ -67,23 +73,23 @@ class MetaConfig:
       scan_unroll: ``unroll`` of the inner ``lax.scan`` (speed/compile-time trade-off only).
     """
 
-    steps: int = 200_000
-    inner_steps: int = 5
-    inner_lr: float = 1e-4
-    outer_lr: float = 1e-5
-    final_lr_fraction: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.999
-    min_classes: int = 10
-    max_classes: int = 100
-    num_real: int = 2000
-    min_synthetic: int = 10
-    max_synthetic: int = 1000
-    first_order: bool = False
-    reg: float = krr.DEFAULT_REG
-    feature: nets.ConvNetConfig = nets.ConvNetConfig(width=128, norm="instance")
-    tasks_per_step: int = 1
-    scan_unroll: int = 1
+    steps: int
+    inner_steps: int
+    inner_lr: float
+    outer_lr: float
+    final_lr_fraction: float
+    b1: float
+    b2: float
+    min_classes: int
+    max_classes: int
+    num_real: int
+    min_synthetic: int
+    max_synthetic: int
+    first_order: bool
+    reg: float
+    feature: nets.ConvNetConfig
+    tasks_per_step: int
+    scan_unroll: int
 
     def __post_init__(self):
         if self.inner_steps < 1:
@@ -104,23 +110,45 @@ class MetaConfig:
             raise ValueError("tasks_per_step and steps must be >= 1")
         if not (self.inner_lr > 0 and self.outer_lr > 0 and self.reg > 0):
             raise ValueError("inner_lr, outer_lr and reg must be > 0")
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
+            raise ValueError(f"Adam's b1 and b2 must be in [0, 1), got {self.b1}, {self.b2}")
+        if self.scan_unroll < 1:
+            raise ValueError(f"scan_unroll must be >= 1, got {self.scan_unroll}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MetaConfig:
+    def from_dict(cls, d: Mapping[str, Any]) -> MetaConfig:
         d = dict(d)
         d["feature"] = nets.ConvNetConfig(**d["feature"])
         return cls(**d)
 
+    @classmethod
+    def from_config(cls, meta: Mapping[str, Any], feature: Mapping[str, Any]) -> MetaConfig:
+        """From a config's ``meta`` and ``feature`` subtrees (``config.meta``, ``config.feature``
+        of ``experiments/configs/meta_glyphs.py``); any mapping with those keys works.
+
+        Raises:
+          ValueError: a missing or unknown field (naming it), or an invalid value.
+        """
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "feature"]
+        missing = [k for k in names if k not in meta]
+        unknown = sorted(set(meta.keys()) - set(names))
+        if missing or unknown:
+            raise ValueError(
+                f"the meta config subtree must hold exactly the MetaConfig fields; missing "
+                f"{missing}, unknown {unknown}")
+        try:
+            feat = nets.ConvNetConfig(**feature)
+        except TypeError as e:
+            raise ValueError(f"bad feature config: {e}") from e
+        return cls(**{k: meta[k] for k in names}, feature=feat)
+
 
 # ------------------------------------------------------------------------------- task sampling
-def _numpy_rng(key: chex.PRNGKey) -> np.random.Generator:
-    """A NumPy generator derived from a JAX key (explicit, reproducible, no global state)."""
-    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
-
-
 def check_source(labels: np.ndarray, num_classes: int, config: MetaConfig) -> None:
     """Refuse a source that cannot supply the tasks, before any work."""
     counts = np.bincount(labels, minlength=num_classes)
@@ -148,9 +176,9 @@ def sample_task(
       ``y_t`` ``(n_t, max_classes)`` centred one-hot over the task's classes (padded columns 0);
       ``s_idx`` ``(T+1, max_synthetic)`` rows of the real batch initialising each X_s;
       ``s_mask`` ``(T+1, max_synthetic)`` 1 for real rows, 0 for padding;
-      ``size`` ``(T+1,)`` images per class of each synthetic set (size-embedding input).
+      ``ipc`` ``(T+1,)`` images per class of each synthetic set (size-embedding input).
     """
-    rng = _numpy_rng(key)
+    rng = numpy_rng(key)
     cfg = config
     c = int(rng.integers(cfg.min_classes, min(cfg.max_classes, num_classes) + 1))
     classes = np.sort(rng.choice(num_classes, size=c, replace=False))
@@ -171,16 +199,16 @@ def sample_task(
     hi = max(lo, min(cfg.max_synthetic // c, int(per_class.min())))
     s_idx = np.zeros((cfg.inner_steps + 1, cfg.max_synthetic), np.int32)
     s_mask = np.zeros((cfg.inner_steps + 1, cfg.max_synthetic), np.float32)
-    size = np.zeros((cfg.inner_steps + 1,), np.float32)
+    ipcs = np.zeros((cfg.inner_steps + 1,), np.float32)
     for i in range(cfg.inner_steps + 1):
         ipc = int(rng.integers(lo, hi + 1))
         chosen = np.concatenate([rng.choice(r, size=ipc, replace=False) for r in rows_of])
         chosen = chosen[: cfg.max_synthetic]
         s_idx[i, : len(chosen)] = chosen
         s_mask[i, : len(chosen)] = 1.0
-        size[i] = ipc
+        ipcs[i] = ipc
     return {"t_idx": t_idx.astype(np.int32), "y_t": y_t, "s_idx": s_idx, "s_mask": s_mask,
-            "size": size}
+            "ipc": ipcs}
 
 
 def sample_meta_batch(
@@ -201,13 +229,15 @@ def task_meta_loss(
     task: dict[str, jax.Array],
     key: chex.PRNGKey,
     *,
-    generator: GeneratorConfig,
+    gen_config: GeneratorConfig,
     config: MetaConfig,
 ) -> tuple[jax.Array, jax.Array]:
     """Alg. 1 lines 10-17 for one task: ``(meta-test loss, inner losses (T,))``.
 
-    Differentiable in ``params`` through the whole inner loop (second order unless
-    ``config.first_order``).
+    Each inner step and the meta-test use the one generator objective
+    (:func:`mgdd_jax.objective.generator_krr_loss`, masked to the padded set's real rows) with
+    Eq. 3 labels (:func:`mgdd_jax.objective.eq3_labels`). Differentiable in ``params`` through
+    the whole inner loop (second order unless ``config.first_order``).
     """
     cfg = config
     feature = cfg.feature
@@ -219,13 +249,10 @@ def task_meta_loss(
 
     def loss_at(p, i, k):  # GetTrainingLoss (Alg. 1 lines 1-7) for the i-th initial set
         x_s = x_t[task["s_idx"][i]]
-        y_s = nets.conv_features(theta, x_s, feature) @ w_t
-        x_gen = apply_generator(p, x_s, task["size"][i], generator)
-        theta_star = nets.init_feature_params(k, x_t.shape[1:], feature)
-        return krr.krr_loss(
-            nets.conv_features(theta_star, x_gen, feature), y_s,
-            nets.conv_features(theta_star, x_t, feature), y_t, cfg.reg,
-            support_mask=task["s_mask"][i])
+        y_s = objective.eq3_labels(theta, w_t, x_s, feature)
+        return objective.generator_krr_loss(
+            p, x_s, y_s, x_t, y_t, task["ipc"][i], k, gen_config=gen_config, feature=feature,
+            reg=cfg.reg, support_mask=task["s_mask"][i])
 
     keys = jax.random.split(k_steps, cfg.inner_steps + 1)
 
@@ -241,13 +268,6 @@ def task_meta_loss(
     return loss_at(adapted, cfg.inner_steps, keys[-1]), inner_losses
 
 
-def make_optimizer(config: MetaConfig) -> optax.GradientTransformation:
-    """Adam, β with cosine decay to ``η·β`` over ``steps`` (Tab. 7)."""
-    schedule = optax.cosine_decay_schedule(config.outer_lr, config.steps,
-                                           alpha=config.final_lr_fraction)
-    return optax.adam(schedule, b1=config.b1, b2=config.b2)
-
-
 def init_meta_state(params: Any, config: MetaConfig, mesh: Mesh) -> dict[str, Any]:
     """``{"params", "opt_state", "step"}``, replicated over ``mesh``.
 
@@ -255,7 +275,9 @@ def init_meta_state(params: Any, config: MetaConfig, mesh: Mesh) -> dict[str, An
     step's output sharding from the start, so the second step does not recompile.
     """
     params = jax.tree.map(jnp.copy, params)
-    state = {"params": params, "opt_state": make_optimizer(config).init(params),
+    opt_state = optim.adam_cosine(config.outer_lr, config.steps, config.final_lr_fraction,
+                                  config.b1, config.b2).init(params)
+    state = {"params": params, "opt_state": opt_state,
              "step": jnp.zeros((), jnp.int32)}
     return replicate(state, mesh)
 
@@ -271,20 +293,28 @@ def task_mesh(devices: Any = None) -> Mesh:
     return Mesh(np.asarray(devices), ("tasks",))
 
 
-def make_meta_step(generator: GeneratorConfig, config: MetaConfig, mesh: Mesh):
-    """Build the jitted meta step ``step(state, batch, keys) -> (state, metrics)``.
-
-    ``batch`` is :func:`sample_meta_batch`'s output placed with :func:`shard_batch`;
-    ``keys`` are ``(tasks_per_step, 2)`` uint32 key data, one per task. The state is
-    replicated and donated; tasks are split over the mesh's ``"tasks"`` axis.
-    """
+def check_mesh(config: MetaConfig, mesh: Mesh) -> None:
+    """Refuse a meta-batch that cannot be split evenly over the mesh's devices."""
     if config.tasks_per_step % mesh.size:
         raise ValueError(
             f"tasks_per_step={config.tasks_per_step} must be a multiple of the "
             f"{mesh.size} devices it is sharded over"
         )
-    optimizer = make_optimizer(config)
-    loss_fn = functools.partial(task_meta_loss, generator=generator, config=config)
+
+
+def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh):
+    """Build the jitted meta step ``step(state, batch, keys) -> (state, metrics)``.
+
+    ``batch`` is :func:`sample_meta_batch`'s output placed with :func:`shard_batch`;
+    ``keys`` are ``(tasks_per_step, 2)`` uint32 key data, one per task. The state is
+    replicated and donated; tasks are split over the mesh's ``"tasks"`` axis. The meta update
+    (Alg. 1 l. 19) is Adam, β with cosine decay to ``η·β`` over ``steps``
+    (:func:`mgdd_jax.optim.adam_cosine`).
+    """
+    check_mesh(config, mesh)
+    optimizer = optim.adam_cosine(config.outer_lr, config.steps, config.final_lr_fraction,
+                                  config.b1, config.b2)
+    loss_fn = functools.partial(task_meta_loss, gen_config=gen_config, config=config)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     replicated = NamedSharding(mesh, PartitionSpec())
     by_task = NamedSharding(mesh, PartitionSpec("tasks"))

@@ -1,26 +1,31 @@
-"""mgdd_jax.meta (Alg. 1) and experiments.meta_train on tiny sizes."""
+"""mgdd_jax.meta (Alg. 1): task sampling, the MAML loss and the sharded step, on tiny sizes.
 
+The outer loop (mgdd_jax.meta_train, experiments.meta_train) is tested in test_meta_train.py.
+"""
+
+import dataclasses
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgdd_jax import checkpoint, data, krr, meta, nets, outputs
+from experiments.configs import meta_glyphs
+from mgdd_jax import data, krr, meta, meta_train, nets
 from mgdd_jax import generator as gen
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEAT = nets.ConvNetConfig(width=4, norm="instance")
 GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
-CFG = meta.MetaConfig(steps=10, inner_steps=2, min_classes=2, max_classes=4, num_real=16,
-                      min_synthetic=2, max_synthetic=8, feature=FEAT, inner_lr=0.05,
-                      outer_lr=1e-3)
+# The smoke config's Alg. 1 settings (2 inner steps, 2-4 classes, 16 real, 2-8 synthetic,
+# features of width 4) with a larger inner lr.
+CFG = dataclasses.replace(meta_train.meta_config(meta_glyphs.get_config("smoke")), steps=10,
+                          inner_lr=0.05)
+assert CFG.feature == FEAT
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +50,7 @@ def _perturbed_params(ds, key):
 def test_sample_task_structure(digits):
     t = meta.sample_task(jax.random.key(3), digits.y_train, 10, CFG)
     assert t["t_idx"].shape == (16,) and t["y_t"].shape == (16, 4)
-    assert t["s_idx"].shape == (3, 8) and t["s_mask"].shape == (3, 8) and t["size"].shape == (3,)
+    assert t["s_idx"].shape == (3, 8) and t["s_mask"].shape == (3, 8) and t["ipc"].shape == (3,)
     active = np.flatnonzero(np.abs(t["y_t"]).sum(0) > 0)
     c = len(active)
     assert 2 <= c <= 4 and list(active) == list(range(c))  # padded columns are all zero
@@ -56,17 +61,17 @@ def test_sample_task_structure(digits):
     assert counts.max() - counts.min() <= 1  # balanced real batch
     for i in range(3):
         n = int(t["s_mask"][i].sum())
-        assert n == t["size"][i] * c  # IPC x classes, the rest padding
+        assert n == t["ipc"][i] * c  # IPC x classes, the rest padding
         rows = t["s_idx"][i, :n]
         assert len(set(rows)) == n  # no repeats
         per = np.bincount(np.argmax(t["y_t"][rows], 1), minlength=c)
-        assert np.all(per == t["size"][i])  # class-balanced initial set
+        assert np.all(per == t["ipc"][i])  # class-balanced initial set
     again = meta.sample_task(jax.random.key(3), digits.y_train, 10, CFG)
     assert all(np.array_equal(t[k], again[k]) for k in t)
 
 
 # ------------------------------------------------------------------------------- gradients
-def _reference_meta_loss(params, task, key, cfg, generator):
+def _reference_meta_loss(params, task, key, cfg, gen_config):
     """Alg. 1 with a Python for-loop (no scan), from the public building blocks."""
     x_t, y_t = task["x_t"], task["y_t"]
     k_theta, k_steps = jax.random.split(key)
@@ -77,7 +82,7 @@ def _reference_meta_loss(params, task, key, cfg, generator):
     def loss_at(p, i):
         x_s = x_t[task["s_idx"][i]]
         y_s = nets.conv_features(theta, x_s, cfg.feature) @ w_t
-        x_gen = gen.apply_generator(p, x_s, task["size"][i], generator)
+        x_gen = gen.apply_generator(p, x_s, task["ipc"][i], gen_config)
         th = nets.init_feature_params(keys[i], x_t.shape[1:], cfg.feature)
         return krr.krr_loss(nets.conv_features(th, x_gen, cfg.feature), y_s,
                             nets.conv_features(th, x_t, cfg.feature), y_t, cfg.reg,
@@ -94,7 +99,7 @@ def test_scan_meta_gradient_matches_python_loop(digits):
     task = _task(digits, jax.random.key(5))
     params = _perturbed_params(digits, jax.random.key(6))
     key = jax.random.key(7)
-    scan_loss = lambda p: meta.task_meta_loss(p, task, key, generator=GEN, config=CFG)[0]  # noqa: E731
+    scan_loss = lambda p: meta.task_meta_loss(p, task, key, gen_config=GEN, config=CFG)[0]  # noqa: E731
     ref_loss = lambda p: _reference_meta_loss(p, task, key, CFG, GEN)  # noqa: E731
     l1, g1 = jax.jit(jax.value_and_grad(scan_loss))(params)
     l2, g2 = jax.jit(jax.value_and_grad(ref_loss))(params)
@@ -105,8 +110,8 @@ def test_scan_meta_gradient_matches_python_loop(digits):
 
 def test_second_order_matches_finite_differences_first_order_does_not(digits):
     """Directional derivative of the meta-test loss vs central differences, in float64."""
-    cfg2 = meta.MetaConfig(**{**CFG.to_dict(), "feature": FEAT, "inner_lr": 0.5})
-    cfg1 = meta.MetaConfig(**{**cfg2.to_dict(), "feature": FEAT, "first_order": True})
+    cfg2 = dataclasses.replace(CFG, inner_lr=0.5)
+    cfg1 = dataclasses.replace(cfg2, first_order=True)
     task = _task(digits, jax.random.key(8))
     params = _perturbed_params(digits, jax.random.key(9))
     key = jax.random.key(10)
@@ -123,7 +128,7 @@ def test_second_order_matches_finite_differences_first_order_does_not(digits):
         d = jax.tree.map(lambda a: a / norm, d)  # unit direction: small steps, few ReLU kinks
 
         def loss(p, cfg):
-            return meta.task_meta_loss(p, t64, key, generator=GEN, config=cfg)[0]
+            return meta.task_meta_loss(p, t64, key, gen_config=GEN, config=cfg)[0]
 
         eps = 1e-6
         shifted = lambda s: jax.tree.map(lambda a, b: a + s * eps * b, p64, d)  # noqa: E731
@@ -158,15 +163,14 @@ def test_four_devices_give_the_one_device_update():
     script = textwrap.dedent("""
         import dataclasses
         import jax, numpy as np
-        from mgdd_jax import data, meta, nets
+        from experiments.configs import meta_glyphs
+        from mgdd_jax import data, meta, meta_train
         from mgdd_jax import generator as gen
         assert len(jax.devices()) == 4, jax.devices()
         ds = data.load_dataset("digits")
-        feat = nets.ConvNetConfig(width=4, norm="instance")
         g = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
-        cfg = meta.MetaConfig(steps=10, inner_steps=2, min_classes=2, max_classes=4,
-                              num_real=16, min_synthetic=2, max_synthetic=8, feature=feat,
-                              inner_lr=0.05, outer_lr=1e-3, tasks_per_step=4)
+        cfg = dataclasses.replace(meta_train.meta_config(meta_glyphs.get_config("smoke")),
+                                  steps=10, inner_lr=0.05, tasks_per_step=4)
         p = gen.init_generator(jax.random.key(0), ds.image_shape, g)
         k = jax.random.key(4)
         b = meta.sample_meta_batch(k, ds.x_train, ds.y_train, 10, cfg)
@@ -209,81 +213,37 @@ def test_four_devices_give_the_one_device_update():
     assert "UNEVEN refused" in p.stdout  # 3 tasks cannot split over 4 devices
 
 
-# ------------------------------------------------------------------------------- meta_train
-def _smoke_config(steps, **meta_overrides):
-    from experiments.configs import meta_glyphs
-
-    c = meta_glyphs.get_config("smoke")
-    c.source = "digits"
-    c.meta.steps = steps
-    c.meta.update(meta_overrides)
-    return c
-
-
-def _final_params(workdir):
-    step, _ = checkpoint.read_meta(os.path.join(workdir, "checkpoints"))
-    params, meta_json = checkpoint.load_generator(os.path.join(workdir, "checkpoints"), GEN,
-                                                  (8, 8, 1))
-    return step, params, meta_json
-
-
-def test_sigterm_then_resume_equals_straight_run(tmp_path):
-    from experiments import meta_train
-
-    total = 300
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "experiments.meta_train",
-           "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
-           f"--config.meta.steps={total}", f"--workdir={killed}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        ckpts = killed / "checkpoints"
-        if ckpts.is_dir() and any(n.isdigit() for n in os.listdir(ckpts)):
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.02)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    k, _, _ = _final_params(killed)
-    assert 0 < k < total, f"the run was not interrupted (stopped at {k})"
-
-    resumed = meta_train.train(_smoke_config(total), str(killed))
-    assert resumed["step"] == total
-    straight_dir = tmp_path / "straight"
-    meta_train.train(_smoke_config(total), str(straight_dir))
-    _, p_resumed, _ = _final_params(killed)
-    _, p_straight, m = _final_params(straight_dir)
-    for a, b in zip(jax.tree.leaves(p_resumed), jax.tree.leaves(p_straight)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    assert m["info"]["kind"] == "meta"
-    rows = [r["step"] for r in outputs.read_jsonl(str(killed / "metrics.jsonl"))]
-    assert rows == sorted(set(rows)) and rows[-1] == total  # no duplicated or lost lines
-    assert (killed / "loss_curve.png").exists()
-
-
-def test_resume_with_other_config_is_refused(tmp_path):
-    from experiments import meta_train
-
-    meta_train.train(_smoke_config(2), str(tmp_path / "w"))
-    c = _smoke_config(2)
-    c.generator.width = 8
-    with pytest.raises(checkpoint.CheckpointMismatchError, match="width"):
-        meta_train.train(c, str(tmp_path / "w"))
-    other = _smoke_config(2, inner_steps=3)
-    with pytest.raises(checkpoint.CheckpointMismatchError, match="inner_steps"):
-        meta_train.train(other, str(tmp_path / "w"))
-
-
+# ------------------------------------------------------------------------------- validation
 def test_bad_meta_inputs(digits):
     with pytest.raises(ValueError, match="min_classes"):
-        meta.MetaConfig(min_classes=5, max_classes=3)
+        dataclasses.replace(CFG, min_classes=5, max_classes=3)
     with pytest.raises(ValueError, match="inner_steps"):
-        meta.MetaConfig(inner_steps=0)
+        dataclasses.replace(CFG, inner_steps=0)
+    with pytest.raises(ValueError, match="final_lr_fraction"):
+        dataclasses.replace(CFG, final_lr_fraction=1.5)
     with pytest.raises(ValueError, match="min_classes"):
-        meta.check_source(digits.y_train, 10, meta.MetaConfig(min_classes=20, max_classes=30,
-                                                              num_real=100))
+        meta.check_source(digits.y_train, 10, dataclasses.replace(
+            CFG, min_classes=20, max_classes=30, num_real=100))
     with pytest.raises(ValueError, match="images per class"):
-        meta.check_source(digits.y_train, 10, meta.MetaConfig(min_classes=2, max_classes=4,
-                                                              num_real=2000))
+        meta.check_source(digits.y_train, 10, dataclasses.replace(CFG, num_real=2000))
+    with pytest.raises(TypeError):
+        meta.MetaConfig(inner_steps=2)  # no defaults: every value comes from a config
+
+
+def test_meta_config_is_the_config_subtree():
+    """MetaConfig has exactly the config's meta fields (each a --config.meta.X flag), no
+    defaults of its own, and round-trips through to_dict/from_dict."""
+    for variant in meta_glyphs.VARIANTS:
+        c = meta_glyphs.get_config(variant)
+        m = meta_train.meta_config(c)
+        assert {k: v for k, v in m.to_dict().items() if k != "feature"} == c.meta.to_dict()
+        assert m.to_dict()["feature"] == c.feature.to_dict()
+        assert meta.MetaConfig.from_dict(m.to_dict()) == m
+    fields = dataclasses.fields(meta.MetaConfig)
+    assert all(f.default is dataclasses.MISSING for f in fields)
+    c = meta_glyphs.get_config("smoke")
+    with pytest.raises(ValueError, match="unknown"):
+        meta.MetaConfig.from_config({**c.meta.to_dict(), "inner_step": 3}, c.feature)
+    with pytest.raises(ValueError, match="missing"):
+        meta.MetaConfig.from_config({k: v for k, v in c.meta.items() if k != "reg"},
+                                    c.feature)

@@ -10,6 +10,7 @@ second order and, with ``--also_first_order``, first order side by side.
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import statistics
 import time
@@ -20,8 +21,7 @@ from ml_collections import config_flags
 
 from experiments.benchmarks.common import machine_info
 from experiments.configs.datasets import settings_for
-from experiments.meta_train import meta_config
-from mgdd_jax import data, meta, outputs
+from mgdd_jax import data, meta, meta_train, outputs
 from mgdd_jax import generator as gen_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Meta config.", lock_config=True)
@@ -35,10 +35,8 @@ def _peak_rss_gib() -> float:
 
 
 def time_variant(config, first_order: bool, ds) -> dict:
-    mcfg = meta_config(config)
-    mcfg = meta.MetaConfig(**{**mcfg.to_dict(), "feature": mcfg.feature,
-                              "first_order": first_order})
-    gcfg = gen_lib.GeneratorConfig(**config.generator.to_dict(), image_channels=ds.channels)
+    mcfg = dataclasses.replace(meta_train.meta_config(config), first_order=first_order)
+    gcfg = meta_train.gen_config(config, ds.channels)
     mesh = meta.task_mesh()
     step = meta.make_meta_step(gcfg, mcfg, mesh)
     state = meta.init_meta_state(gen_lib.init_generator(jax.random.key(0), ds.image_shape,

@@ -10,6 +10,13 @@ Variants: ``gpu`` (default; Tab. 7 but narrower tasks: up to 50 classes, 500 rea
 synthetic images), ``cpu`` (first-order, small tasks: what a 2-core CPU can take), ``smoke``.
 The generator architecture matches ``experiments/configs/distill.py`` (width 32), so the
 result loads as its ``--meta_checkpoint``.
+
+This file is the single source of the values: ``mgdd_jax.meta.MetaConfig`` has no defaults and
+is built from the ``meta`` and ``feature`` subtrees (``mgdd_jax.meta_train.meta_config``).
+Every field is a flag, e.g. ``--config.meta.inner_steps=3 --config.meta.first_order=True``;
+``meta`` holds every hyper-parameter of Tab. 7's meta stage (``steps`` T', ``inner_steps`` T,
+``inner_lr`` α, ``outer_lr`` β, ``final_lr_fraction`` η, ``b1``/``b2``, class, real and
+synthetic ranges, ``first_order``, ``reg``), ``feature`` the networks θ, θ*.
 """
 
 from __future__ import annotations

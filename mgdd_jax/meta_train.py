@@ -1,0 +1,358 @@
+"""Meta-training a generator: the outer loop of MGDD Alg. 1, resumable and multi-device.
+
+The loop that :mod:`mgdd_jax.meta`'s jitted step runs in (as :func:`mgdd_jax.adapt.adapt` is
+Alg. 2's), in two calls, validation separated from work::
+
+    prep = meta_train.prepare(config, workdir)   # validates everything, loads the data;
+                                                 # raises ValueError & co, writes nothing
+    result = meta_train.train(prep)              # the work
+
+``config`` is the tree of ``experiments/configs/meta_glyphs.py`` (an ``ml_collections``
+``ConfigDict`` or nested dicts with the same keys): ``source``, ``data_dir``, ``image_size``,
+``seed``, ``multihost``, ``progress``, ``max_seconds``, ``log_every``, ``checkpoint_every``,
+``keep_checkpoints`` and the subtrees ``generator`` (:class:`GeneratorConfig` without
+``image_channels``, which comes from the data), ``feature`` (θ, θ*) and ``meta``
+(:class:`~mgdd_jax.meta.MetaConfig`).
+
+The workdir holds ``config.json``, ``metrics.jsonl`` (one line per logged step),
+``loss_curve.png``, ``run_until_step{N}.json`` (the run summary) and ``checkpoints/``
+(:func:`mgdd_jax.checkpoint.save_train_state`: the generator ``params``, the optimiser state
+``opt_state`` and the JSON ``meta``, so it is also a generator checkpoint). Running again with
+the same workdir resumes from the latest checkpoint, after checking that it was made with the
+same config (:func:`mgdd_jax.checkpoint.check_config_matches`); step ``i`` draws its tasks and
+networks from ``fold_in(key, i)``, so a resumed run continues the same random stream. SIGTERM
+(preemption) saves the current step before returning. With ``multihost`` (one process per
+host), :func:`prepare` calls ``jax.distributed.initialize()`` and only process 0 writes the
+workdir's files (orbax coordinates the checkpoint writes of all processes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from mgdd_jax import checkpoint, data, meta, outputs
+from mgdd_jax.generator import GeneratorConfig, init_generator
+from mgdd_jax.progress import Progress, stage
+
+# The run config's top-level fields besides the ``generator``, ``feature`` and ``meta`` trees.
+RUN_FIELDS = ("source", "data_dir", "image_size", "seed", "multihost", "progress",
+              "max_seconds", "log_every", "checkpoint_every", "keep_checkpoints")
+SUBTREES = ("generator", "feature", "meta")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """How the loop runs (not Alg. 1's hyper-parameters: those are ``MetaConfig``).
+
+    Attributes:
+      seed: the run's key (generator init; step ``i`` uses ``fold_in(key, i)``).
+      log_every: steps between metric lines (the last step is always logged).
+      checkpoint_every: steps between checkpoints (the last step is always saved).
+      keep_checkpoints: how many latest checkpoints to keep.
+      max_seconds: stop (with a checkpoint) after this many seconds of this run; 0: off.
+      progress: show the progress line.
+    """
+
+    seed: int
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    max_seconds: float
+    progress: bool
+
+    def __post_init__(self):
+        if self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError(
+                f"log_every, checkpoint_every and keep_checkpoints must be >= 1, got "
+                f"{self.log_every}, {self.checkpoint_every}, {self.keep_checkpoints}")
+        if self.max_seconds < 0:
+            raise ValueError(f"max_seconds must be >= 0 (0: no limit), got {self.max_seconds}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Everything :func:`train` needs, validated by :func:`prepare`.
+
+    Attributes:
+      workdir: absolute output and resume directory (exists, writable, otherwise untouched).
+      config: the run config as plain dicts (written to ``config.json``).
+      meta: Alg. 1's hyper-parameters.
+      gen_config: the generator, ``image_channels`` those of the source.
+      loop: how the loop runs.
+      source: the dataset name.
+      dataset: the loaded meta-training source.
+      mesh: the devices the tasks are sharded over.
+      checkpoint_meta: the JSON ``meta`` every checkpoint of this run carries.
+      start_step: the step the run resumes from (0: a fresh run).
+    """
+
+    workdir: str
+    config: dict[str, Any]
+    meta: meta.MetaConfig
+    gen_config: GeneratorConfig
+    loop: LoopConfig
+    source: str
+    dataset: data.Dataset
+    mesh: Mesh
+    checkpoint_meta: dict[str, Any]
+    start_step: int
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return os.path.join(self.workdir, "checkpoints")
+
+
+# ------------------------------------------------------------------------------ configs
+def _plain_config(config: Any) -> dict[str, Any]:
+    d = config.to_dict() if hasattr(config, "to_dict") else config
+    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else
+                                 o.to_dict() if hasattr(o, "to_dict") else str(o)))
+
+
+def meta_config(config: Mapping[str, Any]) -> meta.MetaConfig:
+    """The :class:`~mgdd_jax.meta.MetaConfig` of a run config (its ``meta`` and ``feature``)."""
+    return meta.MetaConfig.from_config(config["meta"], config["feature"])
+
+
+def gen_config(config: Mapping[str, Any], image_channels: int) -> GeneratorConfig:
+    """The run config's generator for images of ``image_channels`` channels."""
+    fields = dict(config["generator"])
+    if "image_channels" in fields:
+        raise ValueError("config.generator must not set image_channels: it comes from the "
+                         "meta-training source's images")
+    try:
+        return GeneratorConfig(**fields, image_channels=image_channels)
+    except TypeError as e:
+        raise ValueError(f"bad generator config: {e}") from e
+
+
+def loop_config(config: Mapping[str, Any]) -> LoopConfig:
+    """The run config's :class:`LoopConfig`."""
+    names = [f.name for f in dataclasses.fields(LoopConfig)]
+    return LoopConfig(**{k: config[k] for k in names})
+
+
+def _check_fields(config: Mapping[str, Any]) -> None:
+    want = set(RUN_FIELDS) | set(SUBTREES)
+    missing = sorted(want - set(config.keys()))
+    unknown = sorted(set(config.keys()) - want)
+    if missing or unknown:
+        raise ValueError(f"the meta-training config must hold exactly {sorted(want)}; "
+                         f"missing {missing}, unknown {unknown}")
+
+
+def _resume_view(ckpt_meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``meta`` laid out like the run config (dotted path = ``--config.`` flag)."""
+    info = ckpt_meta.get("info") or {}
+    stored_meta = dict(info.get("meta") or {})
+    feature = stored_meta.pop("feature", None)
+    return {"source": info.get("source"), "seed": info.get("seed"),
+            "generator": ckpt_meta.get("generator"), "feature": feature, "meta": stored_meta}
+
+
+def check_resumable(directory: str, step: int, ckpt_meta: Mapping[str, Any]) -> None:
+    """Refuse to resume ``directory``'s ``step`` unless it was made with the same run config.
+
+    Raises:
+      CheckpointMismatchError: naming the differing fields (a ``ValueError``).
+    """
+    _, stored = checkpoint.read_meta(directory, step)
+    checkpoint.check_config_matches(
+        _resume_view(stored), _resume_view(ckpt_meta), where=directory,
+        what=f"meta-training run (step {step})", not_flags=("generator.image_channels",),
+        advice="Resume with the original config ({fix}) or use a new --workdir.")
+
+
+# ------------------------------------------------------------------------------ prepare
+def prepare(config: Mapping[str, Any], workdir: str, *, zca: bool = False,
+            default_image_size: int = 0) -> Prepared:
+    """Validate a meta-training run and load its data; no work, nothing written.
+
+    Checks, in order: the config's fields and values; the workdir path; (``multihost``:
+    ``jax.distributed.initialize()``); the source (loads it; enough classes and images per
+    class for the tasks); the meta-batch against the devices; an existing checkpoint in the
+    workdir against this config (resume); that the workdir can be written (it is created,
+    empty, if missing: the only thing done to it).
+
+    Args:
+      config: the run config (see the module docstring).
+      workdir: output and resume directory.
+      zca: ZCA-whiten the source (a per-dataset setting, not part of the run config).
+      default_image_size: resize to this when ``config.image_size`` is 0 (0: keep).
+
+    Raises:
+      ValueError: bad config, source, devices or workdir; its subclass
+        :class:`~mgdd_jax.checkpoint.CheckpointMismatchError` for a workdir made by another
+        config; :class:`~mgdd_jax.data.DatasetNotFoundError` when the source's files are
+        missing.
+    """
+    _check_fields(config)
+    mcfg = meta_config(config)
+    gen_config(config, 1)  # validate the architecture before loading anything
+    loop = loop_config(config)
+    if not isinstance(workdir, str) or not workdir:
+        raise ValueError("a workdir is required (--workdir)")
+    workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir={workdir} exists and is a file; choose a directory path.")
+
+    if config["multihost"] and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+    source = config["source"]
+    ds = data.load_dataset(source, data_dir=config["data_dir"] or None, zca=zca,
+                           image_size=config["image_size"] or default_image_size or None)
+    meta.check_source(ds.y_train, ds.num_classes, mcfg)
+    gcfg = gen_config(config, ds.channels)
+    mesh = meta.task_mesh()
+    meta.check_mesh(mcfg, mesh)
+
+    ckpt_meta = checkpoint.checkpoint_meta(
+        gcfg, {"kind": "meta", "source": source, "meta": mcfg.to_dict(), "seed": loop.seed})
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    start = checkpoint.latest_step(ckpt_dir) or 0
+    if start:
+        check_resumable(ckpt_dir, start, ckpt_meta)
+    workdir = outputs.check_writable_dir(workdir)
+    return Prepared(workdir=workdir, config=_plain_config(config), meta=mcfg, gen_config=gcfg,
+                    loop=loop, source=source, dataset=ds, mesh=mesh,
+                    checkpoint_meta=_plain_config(ckpt_meta), start_step=start)
+
+
+# ------------------------------------------------------------------------------ train
+def is_main_process() -> bool:
+    """Whether this process writes the workdir's files (process 0 of a multi-host run)."""
+    return jax.process_index() == 0
+
+
+def plot_loss_curve(rows: list[dict[str, Any]], path: str) -> None:
+    """The meta-test and inner losses of ``metrics.jsonl`` rows over steps, as a PNG."""
+    plt = outputs.pyplot()
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for k, label in (("meta_loss", "meta-test loss (Alg. 1 l. 17)"),
+                     ("inner_loss_first", "inner loss, first step"),
+                     ("inner_loss_last", "inner loss, last step")):
+        ax.plot(steps, [r[k] for r in rows], label=label, lw=1)
+    outputs.finish_line_plot(fig, ax, path, xlabel="meta step", ylabel="Eq. 1 loss")
+
+
+def _truncate_metrics(path: str, start: int) -> None:
+    """Drop metric lines beyond the restored step (written after the last checkpoint)."""
+    rows = [r for r in outputs.read_jsonl(path) if r["step"] <= start]
+    with outputs.atomic_path(path, ".jsonl") as tmp, open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) meta-training until ``meta.steps``, SIGTERM or ``max_seconds``.
+
+    Args:
+      prep: :func:`prepare`'s result.
+      stop_after: stop (with a checkpoint) after this many steps of *this* call; for tests
+        of resumption and for time-boxed runs.
+
+    Returns:
+      The run summary (also ``run_until_step{N}.json``): ``step``, ``seconds``,
+      ``seconds_per_step``, ``last_metrics``, ``preempted``, ``device``, ``num_devices``.
+
+    Raises:
+      FloatingPointError: a non-finite meta loss (at a logged step).
+    """
+    mcfg, loop, ds, mesh = prep.meta, prep.loop, prep.dataset, prep.mesh
+    main = is_main_process()
+    workdir = prep.workdir
+    if main:
+        outputs.write_json(os.path.join(workdir, "config.json"), prep.config)
+
+    k_init, k_steps = jax.random.split(jax.random.key(loop.seed))
+    params = init_generator(k_init, ds.image_shape, prep.gen_config)
+    state = meta.init_meta_state(params, mcfg, mesh)
+    mngr = checkpoint.open_train_state_manager(
+        prep.checkpoint_dir, save_interval_steps=loop.checkpoint_every,
+        max_to_keep=loop.keep_checkpoints)
+    start = mngr.latest_step() or 0
+    if start != prep.start_step:
+        mngr.close()
+        raise RuntimeError(f"{prep.checkpoint_dir} changed since prepare() (latest step "
+                           f"{start}, was {prep.start_step}); prepare again")
+    if start:
+        restored = checkpoint.restore_train_state(mngr, start, state)
+        state = meta.replicate({**restored, "step": np.int32(start)}, mesh)
+        stage(f"resumed from step {start} in {workdir}")
+
+    step_fn = meta.make_meta_step(prep.gen_config, mcfg, mesh)
+    stop = {"signal": None}
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    if main:
+        _truncate_metrics(metrics_path, start)
+
+    end = mcfg.steps if stop_after is None else min(mcfg.steps, start + stop_after)
+    bar = Progress("meta", mcfg.steps, enabled=loop.progress and main)
+    t0 = time.perf_counter()
+    t_after_first = None
+    last: dict[str, float] = {}
+    step = done = start
+    try:
+        for step in range(start, end):
+            k = jax.random.fold_in(k_steps, step)
+            k_batch, k_tasks = jax.random.split(k)
+            batch = meta.sample_meta_batch(k_batch, ds.x_train, ds.y_train, ds.num_classes,
+                                           mcfg)
+            state, metrics = step_fn(state, meta.shard_batch(batch, mesh),
+                                     meta.task_keys(k_tasks, mcfg.tasks_per_step))
+            done = step + 1
+            if done % loop.log_every == 0 or done == end:
+                last = {k2: float(v) for k2, v in jax.device_get(metrics).items()}
+                if not np.isfinite(last["meta_loss"]):
+                    raise FloatingPointError(
+                        f"meta loss is {last['meta_loss']} at step {done}; lower "
+                        "meta.outer_lr / meta.inner_lr or raise meta.reg")
+                if main:
+                    outputs.append_jsonl(metrics_path, {
+                        "step": done, "time_s": time.perf_counter() - t0, **last})
+            checkpoint.save_train_state(mngr, done, state, prep.checkpoint_meta)
+            bar.update(done, metrics)
+            if t_after_first is None:
+                jax.block_until_ready(state["step"])
+                t_after_first = time.perf_counter()
+            if stop["signal"] is not None:
+                stage(f"SIGTERM at step {done}: saving and exiting")
+                break
+            if loop.max_seconds and time.perf_counter() - t0 > loop.max_seconds:
+                stage(f"max_seconds={loop.max_seconds} reached at step {done}: saving, exiting")
+                break
+        step = done
+        if step not in mngr.all_steps():
+            checkpoint.save_train_state(mngr, step, state, prep.checkpoint_meta, force=True)
+        mngr.wait_until_finished()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        mngr.close()
+    seconds = time.perf_counter() - t0
+    n = step - start
+    per_step = ((time.perf_counter() - t_after_first) / (n - 1)) if n > 1 else seconds
+    result = {"step": step, "seconds": seconds, "seconds_per_step": per_step,
+              "last_metrics": last, "preempted": stop["signal"] is not None,
+              "device": str(jax.devices()[0]), "num_devices": jax.device_count()}
+    if main:
+        rows = outputs.read_jsonl(metrics_path)
+        if rows:
+            plot_loss_curve(rows, os.path.join(workdir, "loss_curve.png"))
+        outputs.write_json(os.path.join(workdir, f"run_until_step{step}.json"), result)
+    return result

@@ -1,0 +1,243 @@
+"""The Alg. 1 outer loop (mgdd_jax.meta_train), its launcher, and the train-state checkpoints.
+
+All runs use the smoke config (experiments/configs/meta_glyphs.py:smoke) on scikit-learn's
+digits instead of the glyph corpus, as tests/test_meta.py does.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments.configs import meta_glyphs
+from mgdd_jax import checkpoint, meta, meta_train, outputs
+from mgdd_jax import generator as gen
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
+SHIPPED = os.path.join(REPO, "experiments", "meta_generator", "checkpoints")
+RUN_FILES = ("config.json", "metrics.jsonl", "loss_curve.png")
+
+
+def _smoke_config(steps, **meta_overrides):
+    c = meta_glyphs.get_config("smoke")
+    c.source = "digits"
+    c.meta.steps = steps
+    c.meta.update(meta_overrides)
+    return c
+
+
+def _run(config, workdir, **kw):
+    return meta_train.train(meta_train.prepare(config, str(workdir)), **kw)
+
+
+def _final_params(workdir):
+    step, _ = checkpoint.read_meta(os.path.join(workdir, "checkpoints"))
+    params, meta_json = checkpoint.load_generator(os.path.join(workdir, "checkpoints"), GEN,
+                                                  (8, 8, 1))
+    return step, params, meta_json
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def test_train_state_round_trip(tmp_path):
+    mcfg = meta_train.meta_config(_smoke_config(4))
+    mesh = meta.task_mesh()
+    params = gen.init_generator(jax.random.key(0), (8, 8, 1), GEN)
+    state = meta.init_meta_state(params, mcfg, mesh)
+    ckpt_meta = checkpoint.checkpoint_meta(GEN, {"kind": "meta", "meta": mcfg.to_dict()})
+    directory = str(tmp_path / "ckpt")
+    with checkpoint.open_train_state_manager(directory, save_interval_steps=2,
+                                             max_to_keep=2) as mngr:
+        assert checkpoint.save_train_state(mngr, 2, state, ckpt_meta)
+        assert not checkpoint.save_train_state(mngr, 3, state, ckpt_meta)  # off the interval
+        for step in (4, 6):
+            assert checkpoint.save_train_state(mngr, step, state, ckpt_meta)
+        assert checkpoint.save_train_state(mngr, 7, state, ckpt_meta, force=True)
+        mngr.wait_until_finished()
+        assert mngr.all_steps() == [6, 7]
+        with pytest.raises(ValueError, match="checkpoint_meta"):
+            checkpoint.save_train_state(mngr, 8, state, {"generator": GEN.to_dict()})
+    # The same on-disk layout as before: items params, opt_state and a JSON meta.
+    assert sorted(n for n in os.listdir(os.path.join(directory, "7"))
+                  if not n.startswith("_") and "." not in n) == ["meta", "opt_state", "params"]
+    assert checkpoint.latest_step(directory) == 7
+    assert checkpoint.latest_step(str(tmp_path / "none")) is None
+
+    fresh = meta.init_meta_state(gen.init_generator(jax.random.key(1), (8, 8, 1), GEN), mcfg,
+                                 mesh)
+    with checkpoint.open_train_state_manager(directory) as mngr:
+        assert checkpoint.read_train_meta(mngr, 7) == ckpt_meta
+        restored = checkpoint.restore_train_state(mngr, 7, fresh)
+    for a, b in zip(jax.tree.leaves({k: state[k] for k in ("params", "opt_state")}),
+                    jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(a, b)
+    # ... and every step is a generator checkpoint.
+    loaded, m = checkpoint.load_generator(directory, GEN, (8, 8, 1))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(a, b)
+    assert m == ckpt_meta
+
+
+def test_shipped_meta_checkpoint_still_loads():
+    step, stored = checkpoint.read_meta(SHIPPED)
+    gcfg = gen.GeneratorConfig.from_dict(stored["generator"])
+    params, _ = checkpoint.load_generator(SHIPPED, gcfg, (32, 32, 3))
+    assert jax.tree.leaves(params)
+    # Its optimiser state restores through the train-state API (what a resume does).
+    mcfg = meta.MetaConfig.from_dict(stored["info"]["meta"])
+    abstract = jax.eval_shape(lambda: meta.init_meta_state(
+        gen.init_generator(jax.random.key(0), (32, 32, 3), gcfg), mcfg, meta.task_mesh()))
+    with checkpoint.open_train_state_manager(SHIPPED) as mngr:
+        restored = checkpoint.restore_train_state(mngr, step, abstract)
+    assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(
+        abstract["opt_state"])
+
+
+def test_one_compatibility_check_names_fields():
+    a = {"generator": GEN.to_dict(), "meta": {"inner_steps": 2, "sizes": (1, 2)}}
+    b = {"generator": {**GEN.to_dict(), "width": 8}, "meta": {"inner_steps": 2, "sizes": [1, 2]}}
+    assert checkpoint.config_differences(a, a) == []
+    assert checkpoint.config_differences(a, b) == [("generator.width", 4, 8)]
+    with pytest.raises(checkpoint.CheckpointMismatchError,
+                       match=r"generator.width: checkpoint 4 vs config 8.*--config.generator"
+                             r".width=4"):
+        checkpoint.check_config_matches(a, b, where="w", what="thing", advice="use {fix}")
+    # Generator loading: a different channel count is allowed, another width is not.
+    checkpoint.check_compatible(GEN, gen.GeneratorConfig(**{**GEN.to_dict(),
+                                                            "image_channels": 3}), "w")
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="generator.width=4"):
+        checkpoint.check_compatible(GEN, gen.GeneratorConfig(**{**GEN.to_dict(), "width": 8}),
+                                    "w")
+
+
+# ------------------------------------------------------------------------------ the loop
+def test_sigterm_then_resume_equals_straight_run(tmp_path):
+    total = 300
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "experiments.meta_train",
+           "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
+           f"--config.meta.steps={total}", f"--workdir={killed}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = killed / "checkpoints"
+        if ckpts.is_dir() and any(n.isdigit() for n in os.listdir(ckpts)):
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    k, _, _ = _final_params(killed)
+    assert 0 < k < total, f"the run was not interrupted (stopped at {k})"
+
+    resumed = _run(_smoke_config(total), killed)
+    assert resumed["step"] == total
+    straight_dir = tmp_path / "straight"
+    _run(_smoke_config(total), straight_dir)
+    _, p_resumed, _ = _final_params(killed)
+    _, p_straight, m = _final_params(straight_dir)
+    for a, b in zip(jax.tree.leaves(p_resumed), jax.tree.leaves(p_straight)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert m["info"]["kind"] == "meta"
+    rows = [r["step"] for r in outputs.read_jsonl(str(killed / "metrics.jsonl"))]
+    assert rows == sorted(set(rows)) and rows[-1] == total  # no duplicated or lost lines
+    assert (killed / "loss_curve.png").exists()
+    assert (killed / f"run_until_step{total}.json").exists()
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    w = tmp_path / "w"
+    _run(_smoke_config(2), w)
+    before = {n: (w / n).read_bytes() for n in RUN_FILES}
+    c = _smoke_config(2)
+    c.generator.width = 8
+    with pytest.raises(checkpoint.CheckpointMismatchError,
+                       match=r"generator.width: checkpoint 4 vs config 8.*"
+                             r"--config.generator.width=4"):
+        meta_train.prepare(c, str(w))
+    with pytest.raises(checkpoint.CheckpointMismatchError,
+                       match=r"meta.inner_steps: checkpoint 2 vs config 3"):
+        meta_train.prepare(_smoke_config(2, inner_steps=3), str(w))
+    c = _smoke_config(2)
+    c.feature.width = 8
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"--config.feature.width=4"):
+        meta_train.prepare(c, str(w))
+    c = _smoke_config(2)
+    c.seed = 1
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"seed: checkpoint 0"):
+        meta_train.prepare(c, str(w))
+    assert {n: (w / n).read_bytes() for n in RUN_FILES} == before  # refused before writing
+    # The same config resumes (nothing left to do at step 2).
+    assert meta_train.prepare(_smoke_config(2), str(w)).start_step == 2
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: c.meta.update(min_classes=20, max_classes=30, num_real=100), "min_classes"),
+    (lambda c: c.meta.update(num_real=2000, max_synthetic=8), "images per class"),
+    (lambda c: c.meta.update(inner_steps=0), "inner_steps"),
+    (lambda c: setattr(c, "log_every", 0), "log_every"),
+    (lambda c: setattr(c, "source", "no_such_set"), "no_such_set"),
+    (lambda c: c.generator.update(embed_dim=7), "embed_dim"),
+])
+def test_prepare_rejects_bad_input_before_writing(tmp_path, change, match):
+    c = _smoke_config(2)
+    change(c)
+    with pytest.raises(ValueError, match=match):
+        meta_train.prepare(c, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+def test_prepare_rejects_bad_workdir_and_fields(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        meta_train.prepare(_smoke_config(2), str(f))
+    d = _smoke_config(2).to_dict()
+    d["extra"] = 1
+    with pytest.raises(ValueError, match="unknown.*extra"):
+        meta_train.prepare(d, str(tmp_path / "w"))
+    d = _smoke_config(2).to_dict()
+    d["generator"]["image_channels"] = 3
+    with pytest.raises(ValueError, match="image_channels"):
+        meta_train.prepare(d, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+    # A plain nested dict is a config too; prepare creates the (empty) workdir only.
+    prep = meta_train.prepare(_smoke_config(2).to_dict(), str(tmp_path / "w"))
+    assert prep.start_step == 0 and prep.gen_config == GEN
+    assert os.listdir(tmp_path / "w") == []
+
+
+def test_only_process_0_writes_run_files(tmp_path, monkeypatch):
+    prep = meta_train.prepare(_smoke_config(2), str(tmp_path / "w"))
+    # This process claims to be process 1 of a multi-host run. orbax asks its own
+    # multihost.process_index, kept at 0: in a one-process test orbax is its own primary host
+    # (it would otherwise wait for a process 0 that does not exist to create the directories).
+    real = jax.process_index
+    monkeypatch.setattr(ocp.multihost, "process_index", real)
+    monkeypatch.setattr(jax, "process_index", lambda *a, **k: 1)
+    result = meta_train.train(prep)
+    assert result["step"] == 2
+    names = os.listdir(tmp_path / "w")
+    assert not [n for n in names if n in RUN_FILES or n.startswith("run_until_step")], names
+    assert checkpoint.latest_step(str(tmp_path / "w" / "checkpoints")) == 2
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.meta_train",
+           "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
+           "--config.meta.min_classes=20", "--config.meta.max_classes=30",
+           f"--workdir={tmp_path / 'w'}"]
+    p = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines()[-1].startswith("error: ") and "max_classes" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "w").exists()
+
