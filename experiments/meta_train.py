@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.cli import exit_on_bad_input
+from experiments import cli
 from experiments.configs.datasets import settings_for
 from mgdd_jax import meta_train
 
@@ -37,8 +37,9 @@ def main(argv):
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     if config is None or not workdir:
         raise app.UsageError("--config and --workdir are required")
+    cli.quiet_library_logs()
     row = settings_for(config.source)
-    with exit_on_bad_input():
+    with cli.exit_on_bad_input():
         prep = meta_train.prepare(config, workdir, zca=row["zca"],
                                   default_image_size=row["image_size"])
     result = meta_train.train(prep)

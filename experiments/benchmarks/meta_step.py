@@ -19,6 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments.benchmarks.common import machine_info
 from experiments.configs.datasets import settings_for
 from mgdd_jax import data, meta, meta_train, outputs
@@ -59,6 +60,7 @@ def time_variant(config, first_order: bool, ds) -> dict:
 
 def main(argv):
     del argv
+    cli.quiet_library_logs()
     config = _CONFIG.value
     row = settings_for(config.source)
     ds = data.load_dataset(config.source, data_dir=config.data_dir or None, zca=row["zca"])
