@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mgdd_jax import conv
+
 NORMS: tuple[str, ...] = ("none", "batch", "instance", "layer")
 
 
@@ -84,7 +86,8 @@ class ConvNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         for width in self.config.widths():
-            x = nn.Conv(width, (3, 3), padding="SAME")(x)
+            x = nn.Conv(width, (3, 3), padding="SAME",
+                        conv_general_dilated=conv.conv_general_dilated)(x)
             norm = _norm_layer(self.config.norm, train)
             if norm is not None:
                 x = norm(x)

@@ -110,3 +110,24 @@ def test_bad_config_and_input():
     v = nets.init_feature_params(jax.random.key(0), (8, 8, 1), cfg)
     with pytest.raises(ValueError, match="4-D NHWC"):
         nets.conv_features(v, jnp.zeros((8, 8, 1)), cfg)
+
+
+def test_fast_conv_path_same_params_features_and_input_gradient():
+    """nets uses mgdd_jax.conv (fast kernel gradient): same init and f_θ(x) and ∂/∂x as stock."""
+    from mgdd_jax import conv
+
+    cfg = nets.ConvNetConfig(width=6, depth=3, norm="instance", num_classes=3)
+    shape = (9, 7, 2)
+    x = jax.random.normal(jax.random.key(1), (5, *shape))
+    out = {}
+    for impl in ("lax", "chunked"):
+        with conv.implementation(impl):
+            v = nets.init_feature_params(jax.random.key(0), shape, cfg)
+            f, vjp = jax.vjp(lambda x, v=v: nets.conv_features(v, x, cfg), x)
+            out[impl] = (v, f, vjp(jnp.sin(f))[0])
+    (v0, f0, g0), (v1, f1, g1) = out["lax"], out["chunked"]
+    assert jax.tree.structure(v0) == jax.tree.structure(v1)
+    for a, b in zip(jax.tree.leaves(v0), jax.tree.leaves(v1)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(f1, f0, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-5 * float(jnp.abs(g0).max()))
