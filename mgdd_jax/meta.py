@@ -23,17 +23,32 @@ per-bucket scan shapes, which the scan over inner steps (one shape for all T ste
 
 **Devices.** Tasks are stacked on a leading axis that is sharded over a ``Mesh`` axis
 ``"tasks"``; parameters and optimiser state are replicated. Inside ``jax.shard_map`` each
-device vmaps over its own tasks and the meta-gradients are averaged with ``lax.pmean`` (an
+device runs its own tasks and the meta-gradients are averaged with ``lax.pmean`` (an
 explicit all-reduce; letting XLA partition the vmapped per-task conv gradients by itself
 fails on grouped convolutions). D devices give the update of one device running the same D
 tasks (``tests/test_meta.py``).
+
+**Loops (``loop=`` of :func:`make_meta_step`).** ``"scan"``: the inner loop is a
+``lax.scan`` (``unroll=config.scan_unroll``) and a device's tasks are ``vmap``-ped (one
+graph whatever T and the task count; right for GPUs). ``"unrolled"``: the inner loop is
+a Python loop (fully unrolled: no XLA while loop), and so are a device's tasks (each task's
+convolutions keep their own, unbatched parameters: no vmap-batched kernels, which XLA turns
+into grouped convolutions for several tasks per device). Same values (float round-off).
+``"auto"`` (default) takes ``"unrolled"`` on CPU and ``"scan"`` elsewhere: XLA:CPU leaves
+a convolution's kernel gradient inside a while-loop body in its raw, non-canonical form
+(``dim_labels=f01b_i01o->01bf``) and runs it 25-50x slower than the same gradient outside a
+loop (canonicalised to ``b01f_01io->b01f``), and every inner step's gradient is such a
+kernel gradient. ``python -m experiments.benchmarks.meta_step`` measures both; the price of
+unrolling is compile time growing with T and the tasks per device.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import chex
@@ -231,8 +246,13 @@ def task_meta_loss(
     *,
     gen_config: GeneratorConfig,
     config: MetaConfig,
+    unroll: int | bool | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Alg. 1 lines 10-17 for one task: ``(meta-test loss, inner losses (T,))``.
+
+    ``unroll``: of the inner ``lax.scan`` (``None``: ``config.scan_unroll``); ``True``: a
+    Python loop instead, so no XLA while loop (see the module docstring's *Loops*). It
+    changes speed and compile time only.
 
     Each inner step and the meta-test use the one generator objective
     (:func:`mgdd_jax.objective.generator_krr_loss`, masked to the padded set's real rows) with
@@ -263,8 +283,16 @@ def task_meta_loss(
             g = jax.lax.stop_gradient(g)
         return jax.tree.map(lambda a, b: a - cfg.inner_lr * b, p, g), loss
 
-    adapted, inner_losses = jax.lax.scan(
-        inner, params, (jnp.arange(cfg.inner_steps), keys[:-1]), unroll=cfg.scan_unroll)
+    if unroll is True:  # a Python loop: no XLA while loop for any T (scan's T=1 keeps one)
+        adapted, losses = params, []
+        for i in range(cfg.inner_steps):
+            adapted, loss = inner(adapted, (i, keys[i]))
+            losses.append(loss)
+        inner_losses = jnp.stack(losses)
+    else:
+        adapted, inner_losses = jax.lax.scan(
+            inner, params, (jnp.arange(cfg.inner_steps), keys[:-1]),
+            unroll=cfg.scan_unroll if unroll is None else unroll)
     return loss_at(adapted, cfg.inner_steps, keys[-1]), inner_losses
 
 
@@ -302,19 +330,36 @@ def check_mesh(config: MetaConfig, mesh: Mesh) -> None:
         )
 
 
-def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh):
+LOOPS: tuple[str, ...] = ("auto", "unrolled", "scan")
+
+
+def resolve_loop(loop: str, mesh: Mesh) -> str:
+    """``"auto"`` -> ``"unrolled"`` on a CPU mesh, ``"scan"`` otherwise (module docstring)."""
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+    if loop != "auto":
+        return loop
+    return "unrolled" if mesh.devices.flat[0].platform == "cpu" else "scan"
+
+
+def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh, *,
+                   loop: str = "auto"):
     """Build the jitted meta step ``step(state, batch, keys) -> (state, metrics)``.
 
     ``batch`` is :func:`sample_meta_batch`'s output placed with :func:`shard_batch`;
     ``keys`` are ``(tasks_per_step, 2)`` uint32 key data, one per task. The state is
     replicated and donated; tasks are split over the mesh's ``"tasks"`` axis. The meta update
     (Alg. 1 l. 19) is Adam, β with cosine decay to ``η·β`` over ``steps``
-    (:func:`mgdd_jax.optim.adam_cosine`).
+    (:func:`mgdd_jax.optim.adam_cosine`). ``loop``: how the inner steps and a device's
+    tasks are looped (:data:`LOOPS`, see the module docstring); the same update either way.
     """
     check_mesh(config, mesh)
+    loop = resolve_loop(loop, mesh)
+    local_tasks = config.tasks_per_step // mesh.size
     optimizer = optim.adam_cosine(config.outer_lr, config.steps, config.final_lr_fraction,
                                   config.b1, config.b2)
-    loss_fn = functools.partial(task_meta_loss, gen_config=gen_config, config=config)
+    loss_fn = functools.partial(task_meta_loss, gen_config=gen_config, config=config,
+                                unroll=True if loop == "unrolled" else None)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     replicated = NamedSharding(mesh, PartitionSpec())
     by_task = NamedSharding(mesh, PartitionSpec("tasks"))
@@ -330,7 +375,12 @@ def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh):
             (loss, inner), grads = grad_fn(params, task, jax.random.wrap_key_data(key_data))
             return loss, inner, grads
 
-        losses, inner, grads = jax.vmap(per_task)(batch, keys)
+        if loop == "scan":
+            losses, inner, grads = jax.vmap(per_task)(batch, keys)
+        else:  # one unbatched graph per task (no vmap-batched, i.e. grouped, convolutions)
+            outs = [per_task({k: v[i] for k, v in batch.items()}, keys[i])
+                    for i in range(local_tasks)]
+            losses, inner, grads = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
         mean = lambda x: jax.lax.pmean(jnp.mean(x, axis=0), "tasks")  # noqa: E731
         metrics = {"meta_loss": mean(losses), "inner_loss_first": mean(inner[:, 0]),
                    "inner_loss_last": mean(inner[:, -1])}
@@ -366,3 +416,93 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 def task_keys(key: chex.PRNGKey, n: int) -> np.ndarray:
     """``(n, 2)`` uint32 key data for the tasks of one step."""
     return np.asarray(jax.random.key_data(jax.random.split(key, n)))
+
+
+# ------------------------------------------------------------------------------- host sampling
+def step_inputs(
+    key: chex.PRNGKey, step: int, images: np.ndarray, labels: np.ndarray, num_classes: int,
+    config: MetaConfig,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Step ``step``'s ``(meta-batch, task keys)``, both drawn from ``fold_in(key, step)``.
+
+    A function of ``(key, step)`` only, so a resumed run continues the same stream and a
+    prefetched stream (:class:`Prefetcher`) is the direct one.
+    """
+    k_batch, k_tasks = jax.random.split(jax.random.fold_in(key, step))
+    return (sample_meta_batch(k_batch, images, labels, num_classes, config),
+            task_keys(k_tasks, config.tasks_per_step))
+
+
+_DONE = object()
+
+
+class Prefetcher:
+    """Steps ``start..end-1``'s inputs, produced by a background thread ahead of their use.
+
+    Iterating yields ``(step, produce(step))`` in order, the same values as calling
+    ``produce`` directly (it must be a function of ``step``: :func:`step_inputs`, optionally
+    followed by the device placement). The thread works at most ``depth`` steps ahead, so
+    step i+1's tasks are sampled (and placed) while step i runs on the device. An exception
+    in ``produce`` is raised by the iteration that would have received that step. Use as a
+    context manager (or call :meth:`close`): leaving the block, normally or by an exception,
+    stops and joins the thread.
+    """
+
+    def __init__(self, produce: Callable[[int], Any], start: int, end: int, *, depth: int = 1):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self._produce, self._start, self._end = produce, start, end
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="meta-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for step in range(self._start, self._end):
+                if self._stop.is_set() or not self._put((step, self._produce(step), None)):
+                    return
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer
+            self._put((None, None, e))
+            return
+        self._put(_DONE)
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            step, value, error = item
+            if error is not None:
+                raise error
+            yield step, value
+
+    @property
+    def alive(self) -> bool:
+        """Whether the producer thread is still running."""
+        return self._thread.is_alive()
+
+    def close(self) -> None:
+        """Stop the producer and wait for it (it finishes the step it is producing)."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.05)
+
+    def __enter__(self) -> Prefetcher:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -20,7 +20,10 @@ The workdir holds ``config.json``, ``metrics.jsonl`` (one line per logged step),
 ``opt_state`` and the JSON ``meta``, so it is also a generator checkpoint). Running again with
 the same workdir resumes from the latest checkpoint, after checking that it was made with the
 same config (:func:`mgdd_jax.checkpoint.check_config_matches`); step ``i`` draws its tasks and
-networks from ``fold_in(key, i)``, so a resumed run continues the same random stream. SIGTERM
+networks from ``fold_in(key, i)`` (:func:`mgdd_jax.meta.step_inputs`), so a resumed run
+continues the same random stream. A background thread (:class:`mgdd_jax.meta.Prefetcher`)
+samples and places step ``i+1``'s tasks while step ``i`` runs: the same batches in the same
+order, off the critical path. SIGTERM
 (preemption) saves the current step before returning. With ``multihost`` (one process per
 host), :func:`prepare` calls ``jax.distributed.initialize()`` and only process 0 writes the
 workdir's files (orbax coordinates the checkpoint writes of all processes).
@@ -308,14 +311,16 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     t_after_first = None
     last: dict[str, float] = {}
     step = done = start
+
+    def inputs_of_step(i):  # sampled and placed on the devices by the prefetch thread
+        batch, keys = meta.step_inputs(k_steps, i, ds.x_train, ds.y_train, ds.num_classes,
+                                       mcfg)
+        return meta.shard_batch(batch, mesh), keys
+
+    prefetch = meta.Prefetcher(inputs_of_step, start, end)
     try:
-        for step in range(start, end):
-            k = jax.random.fold_in(k_steps, step)
-            k_batch, k_tasks = jax.random.split(k)
-            batch = meta.sample_meta_batch(k_batch, ds.x_train, ds.y_train, ds.num_classes,
-                                           mcfg)
-            state, metrics = step_fn(state, meta.shard_batch(batch, mesh),
-                                     meta.task_keys(k_tasks, mcfg.tasks_per_step))
+        for step, (batch, keys) in prefetch:
+            state, metrics = step_fn(state, batch, keys)
             done = step + 1
             if done % loop.log_every == 0 or done == end:
                 last = {k2: float(v) for k2, v in jax.device_get(metrics).items()}
@@ -342,6 +347,7 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
             checkpoint.save_train_state(mngr, step, state, prep.checkpoint_meta, force=True)
         mngr.wait_until_finished()
     finally:
+        prefetch.close()
         signal.signal(signal.SIGTERM, previous)
         mngr.close()
     seconds = time.perf_counter() - t0

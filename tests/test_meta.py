@@ -95,11 +95,13 @@ def _reference_meta_loss(params, task, key, cfg, gen_config):
     return loss_at(p, cfg.inner_steps)
 
 
-def test_scan_meta_gradient_matches_python_loop(digits):
+@pytest.mark.parametrize("unroll", [None, True])  # lax.scan; the CPU path's Python loop
+def test_scan_meta_gradient_matches_python_loop(digits, unroll):
     task = _task(digits, jax.random.key(5))
     params = _perturbed_params(digits, jax.random.key(6))
     key = jax.random.key(7)
-    scan_loss = lambda p: meta.task_meta_loss(p, task, key, gen_config=GEN, config=CFG)[0]  # noqa: E731
+    scan_loss = lambda p: meta.task_meta_loss(p, task, key, gen_config=GEN, config=CFG,  # noqa: E731
+                                              unroll=unroll)[0]
     ref_loss = lambda p: _reference_meta_loss(p, task, key, CFG, GEN)  # noqa: E731
     l1, g1 = jax.jit(jax.value_and_grad(scan_loss))(params)
     l2, g2 = jax.jit(jax.value_and_grad(ref_loss))(params)
@@ -159,6 +161,41 @@ def test_meta_step_compiles_once_over_varying_sizes(digits, compile_events):
     assert all(np.isfinite(losses)) and int(state["step"]) == 4
 
 
+def test_unrolled_loops_give_the_scan_update_without_loop_convolutions(digits):
+    """loop="unrolled" (the CPU default: inner steps and a device's tasks as Python loops) is
+    the same update as loop="scan" (lax.scan + vmap), and leaves no convolution inside an XLA
+    while loop (where XLA:CPU keeps kernel gradients in a slow form) or grouped by vmap."""
+    cfg = dataclasses.replace(CFG, tasks_per_step=2)
+    mesh = meta.task_mesh()
+    assert meta.resolve_loop("auto", mesh) == "unrolled"  # the tests run on CPU
+    with pytest.raises(ValueError, match="loop must be"):
+        meta.make_meta_step(GEN, cfg, mesh, loop="vmap")
+    k = jax.random.key(12)
+    b = meta.shard_batch(meta.sample_meta_batch(k, digits.x_train, digits.y_train, 10, cfg),
+                         mesh)
+    keys = meta.task_keys(k, 2)
+    params = _perturbed_params(digits, jax.random.key(13))
+    out = {}
+    for loop in ("scan", "unrolled"):
+        step = meta.make_meta_step(GEN, cfg, mesh, loop=loop)
+        state = meta.init_meta_state(params, cfg, mesh)
+        convs = [line for line in step.lower(state, b, keys).compile().as_text().splitlines()
+                 if " convolution(" in line]
+        in_loop = [c for c in convs if "/while/" in c or "_group_count=" in c]
+        if loop == "unrolled":
+            assert convs and not in_loop, in_loop[:2]
+        else:
+            assert in_loop  # what the unrolled path avoids
+        state, m = step(state, b, keys)
+        out[loop] = (jax.device_get(state["opt_state"][0].mu), float(m["meta_loss"]),
+                     float(m["inner_loss_last"]))
+    (g_scan, *l_scan), (g_unr, *l_unr) = out["scan"], out["unrolled"]
+    np.testing.assert_allclose(l_unr, l_scan, rtol=1e-5)
+    gmax = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(g_scan))
+    for a, c in zip(jax.tree.leaves(g_unr), jax.tree.leaves(g_scan)):
+        np.testing.assert_allclose(a, c, rtol=1e-3, atol=1e-5 * gmax)
+
+
 def test_four_devices_give_the_one_device_update():
     script = textwrap.dedent("""
         import dataclasses
@@ -211,6 +248,60 @@ def test_four_devices_give_the_one_device_update():
     assert pdiff < 1e-6, pdiff
     assert abs(l4 - l1) < 1e-5 * max(1.0, abs(l1))
     assert "UNEVEN refused" in p.stdout  # 3 tasks cannot split over 4 devices
+
+
+# ------------------------------------------------------------------------------- prefetching
+def test_prefetched_stream_is_the_direct_stream(digits):
+    """Prefetcher(step_inputs) yields, in order, exactly what the inline sampling of
+    meta_train gave before (fold_in(key, i) -> split -> batch, task keys), so resumed and
+    prefetched runs see the same tasks."""
+    key = jax.random.key(14)
+    cfg = dataclasses.replace(CFG, tasks_per_step=2)
+
+    def produce(i):
+        return meta.step_inputs(key, i, digits.x_train, digits.y_train, 10, cfg)
+
+    with meta.Prefetcher(produce, 3, 8, depth=2) as pf:
+        got = list(pf)
+    assert not pf.alive
+    assert [s for s, _ in got] == list(range(3, 8))
+    for s, (batch, keys) in got:
+        k_batch, k_tasks = jax.random.split(jax.random.fold_in(key, s))
+        want = meta.sample_meta_batch(k_batch, digits.x_train, digits.y_train, 10, cfg)
+        assert batch.keys() == want.keys()
+        for name in want:
+            np.testing.assert_array_equal(batch[name], want[name])
+        np.testing.assert_array_equal(keys, meta.task_keys(k_tasks, 2))
+
+
+def test_prefetcher_stops_when_consumer_or_producer_raises():
+    made = []
+
+    def produce(i):
+        made.append(i)
+        return i * i
+
+    pf = meta.Prefetcher(produce, 0, 10**9)
+    with pytest.raises(RuntimeError, match="consumer"), pf:
+        for step, value in pf:
+            assert value == step * step
+            if step == 2:
+                raise RuntimeError("consumer failed")
+    assert not pf.alive and len(made) <= 5  # at most `depth` ahead (+ the one in hand)
+
+    def bad(i):
+        if i == 1:
+            raise ValueError("bad step 1")
+        return i
+
+    with meta.Prefetcher(bad, 0, 5) as pf2:
+        it = iter(pf2)
+        assert next(it) == (0, 0)
+        with pytest.raises(ValueError, match="bad step 1"):
+            next(it)
+    assert not pf2.alive
+    with pytest.raises(ValueError, match="depth"):
+        meta.Prefetcher(bad, 0, 1, depth=0)
 
 
 # ------------------------------------------------------------------------------- validation

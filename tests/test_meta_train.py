@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -150,6 +151,35 @@ def test_sigterm_then_resume_equals_straight_run(tmp_path):
     assert rows == sorted(set(rows)) and rows[-1] == total  # no duplicated or lost lines
     assert (killed / "loss_curve.png").exists()
     assert (killed / f"run_until_step{total}.json").exists()
+
+
+def test_prefetch_thread_ends_when_training_raises(tmp_path, monkeypatch):
+    """A failing step (here the third) propagates out of train() and the sampler thread is
+    stopped and joined, not left running."""
+    made, calls = [], []
+    real_prefetcher, real_step = meta.Prefetcher, meta.make_meta_step
+
+    class Recorded(real_prefetcher):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    def failing_step(*a, **kw):
+        step = real_step(*a, **kw)
+
+        def wrapped(*args):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("device lost")
+            return step(*args)
+        return wrapped
+
+    monkeypatch.setattr(meta, "Prefetcher", Recorded)
+    monkeypatch.setattr(meta, "make_meta_step", failing_step)
+    with pytest.raises(RuntimeError, match="device lost"):
+        _run(_smoke_config(6), tmp_path / "w")
+    assert len(made) == 1 and not made[0].alive
+    assert not [t for t in threading.enumerate() if t.name == "meta-prefetch"]
 
 
 def test_resume_with_other_config_is_refused(tmp_path):
