@@ -13,7 +13,6 @@ cpu / paper / smoke) and its shorthands.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 import jax
@@ -96,10 +95,7 @@ def main(argv):
             raise ValueError("--at must list non-negative steps")
     with cli.exit_on_failed_run(prep.out):
         result = curve(prep, at)
-    with outputs.atomic_dir(prep.out) as tmp:
-        outputs.write_json(os.path.join(tmp, "curve.json"), result)
-        plot(result, os.path.join(tmp, "curve.png"))
-    print(f"wrote {prep.out}/curve.json and curve.png", file=sys.stderr)
+    cli.write_result(prep.out, "curve", result, plot)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from mgdd_jax import outputs
 
 # What validation raises for bad input (unknown dataset, missing files, IPC too large, ...).
 BAD_INPUT = (ValueError, FileNotFoundError, ImportError)
@@ -46,3 +50,12 @@ def quiet_library_logs() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     for name in ("absl", "orbax", "jax", "tensorflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def write_result(out: str, stem: str, result: dict[str, Any],
+                 plot: Callable[[dict[str, Any], str], None]) -> None:
+    """An experiment's ``<stem>.json`` and its ``<stem>.png``, written into ``out`` at once."""
+    with outputs.atomic_dir(out) as tmp:
+        outputs.write_json(os.path.join(tmp, f"{stem}.json"), result)
+        plot(result, os.path.join(tmp, f"{stem}.png"))
+    print(f"wrote {out}/{stem}.json and {stem}.png", file=sys.stderr)

@@ -13,7 +13,6 @@ IPC 1), and evaluated; random real images of the same IPC are evaluated alongsid
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 import jax
@@ -81,10 +80,7 @@ def main(argv):
             data.check_per_class(prep.dataset, g, what="IPC (--generate)")
     with cli.exit_on_failed_run(prep.out):
         result = run(prep, generate)
-    with outputs.atomic_dir(prep.out) as tmp:
-        outputs.write_json(os.path.join(tmp, "cross_ipc.json"), result)
-        plot(result, os.path.join(tmp, "cross_ipc.png"))
-    print(f"wrote {prep.out}/cross_ipc.json and cross_ipc.png", file=sys.stderr)
+    cli.write_result(prep.out, "cross_ipc", result, plot)
 
 
 if __name__ == "__main__":
