@@ -17,6 +17,9 @@ measured side by side in the same process:
 * ``split``: median times of jitted sub-functions: θ* init, target features f_θ*(X_t),
   synthetic features + their input gradient, generator forward + backward, the KRR part
   (Eq. 1 loss + gradient w.r.t. the features: Gram matrices and the Cholesky solves);
+  Each part also gets its own cost-analysis FLOPs and fraction of peak (``split_gflops``,
+  ``split_fraction_of_peak``): the target features are XLA's own forward convolutions, so
+  their fraction is what XLA's conv library attains on these shapes, a ceiling for the step;
 * ``check``: the ``chunked`` loss and gradient against ``lax`` (max relative difference).
 
 Timings are medians of ``--repeats`` calls after warm-up (compile excluded), with the variants
@@ -99,6 +102,13 @@ def _problem(size: str, n_s: int):
             "y_t": krr.centred_onehot(l_t, NUM_CLASSES)}
 
 
+def _flops(fn: Any, args: tuple) -> float:
+    """XLA's cost-analysis FLOPs of the jitted ``fn(*args)``."""
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
 def _build(pb: dict, repeats_scan: int) -> dict[str, Any]:
     """Jitted callables of one variant (traced in the caller's conv.implementation)."""
     feature, gcfg, acfg, b = pb["feature"], pb["gen_config"], pb["adapt"], pb["batch"]
@@ -142,15 +152,16 @@ def _build(pb: dict, repeats_scan: int) -> dict[str, Any]:
                                   onehot=False)
         return m
 
-    fns = {
-        "loss_and_grad": lambda: loss_grad(*args),
-        "full_adapt_step": full_step,
-        "theta_init": lambda: init_theta(pb["key"]),
-        "target_features": lambda: target(theta, b["x_t"]),
-        "synthetic_features_fwd_bwd": lambda: synthetic(theta, x_gen, f_s),
-        "generator_fwd_bwd": lambda: generator(pb["params"], b["x_s"], x_gen),
-        "krr_loss_and_grad": lambda: krr_part(f_s, f_t),
+    parts = {
+        "theta_init": (init_theta, (pb["key"],)),
+        "target_features": (target, (theta, b["x_t"])),
+        "synthetic_features_fwd_bwd": (synthetic, (theta, x_gen, f_s)),
+        "generator_fwd_bwd": (generator, (pb["params"], b["x_s"], x_gen)),
+        "krr_loss_and_grad": (krr_part, (f_s, f_t)),
     }
+    fns = {"loss_and_grad": lambda: loss_grad(*args), "full_adapt_step": full_step}
+    fns.update({name: functools.partial(f, *a) for name, (f, a) in parts.items()})
+    part_gflops = {name: _flops(f, a) / 1e9 for name, (f, a) in parts.items()}
     if repeats_scan:
         vg = jax.value_and_grad(loss_fn)
 
@@ -163,7 +174,7 @@ def _build(pb: dict, repeats_scan: int) -> dict[str, Any]:
             return jax.lax.scan(body, params, jnp.arange(repeats_scan))
 
         fns["scan_per_step"] = lambda: scanned(pb["params"])
-    return {"fns": fns, "out": out, "flops": float(cost["flops"]),
+    return {"fns": fns, "out": out, "flops": float(cost["flops"]), "part_gflops": part_gflops,
             "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
             "compile_and_first_call_s": first_call}
 
@@ -212,6 +223,11 @@ def measure(size: str, impls: list[str], peak: float) -> list[dict[str, Any]]:
             "scan_seconds_per_step": t.get("scan_per_step"),
             "split_s": split,
             "split_sum_s": sum(split.values()),
+            # Each part's own FLOPs and share of the peak: the target features are XLA's stock
+            # forward convolutions (no custom code), i.e. what its conv library attains here.
+            "split_gflops": built[impl]["part_gflops"],
+            "split_fraction_of_peak": {
+                k: built[impl]["part_gflops"][k] / split[k] / peak for k in split},
             "compile_and_first_call_s": built[impl]["compile_and_first_call_s"],
             "check_vs_" + impls[0]: {"loss": float(loss), "loss_ref": float(ref_loss),
                                      "grad_max_rel_diff": rel},
