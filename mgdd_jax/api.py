@@ -406,16 +406,23 @@ def fit_dataset(ds: data.Dataset, fit_config: FitConfig, key: chex.PRNGKey, *,
 
 def evaluate(x_syn: Any, y_syn: Any, x_test: Any, y_test: Any, *, key: chex.PRNGKey,
              protocol: str | evaluate_lib.EvalProtocol = "cpu", num_seeds: int | None = None,
-             steps: int | None = None, progress: bool = False) -> dict[str, Any]:
+             steps: int | None = None, dataset: str | None = None,
+             progress: bool = False) -> dict[str, Any]:
     """Train fresh networks on a synthetic set and test them (FRePo's protocol, or ``"cpu"``).
 
     ``x_test`` must be in the synthetic set's (preprocessed) space: pass
     ``distiller.preprocess(raw_test_images)``. ``num_seeds`` and ``steps`` override the
-    protocol's. The result records its protocol (``result["protocol"]``) next to ``mean``,
-    ``std`` and ``per_seed`` accuracies.
+    protocol's. ``dataset``, the loader name of the data (e.g. ``"fashion_mnist"``), drops the
+    horizontal flips of a named protocol where the per-dataset table says so (digits,
+    characters: :data:`mgdd_jax.data.settings.DATASET_SETTINGS`); without it a named protocol
+    keeps its flips. The result records its protocol (``result["protocol"]``) next to
+    ``mean``, ``std`` and ``per_seed`` accuracies.
     """
     if isinstance(protocol, str):
-        protocol = evaluate_lib.get_protocol(protocol)
+        protocol = evaluate_lib.get_protocol(protocol, dataset)
+    elif dataset is not None:
+        raise ValueError("dataset= applies to a protocol given by name; an EvalProtocol "
+                         "object is used as given (set its augment= yourself)")
     changes = {k: int(v) for k, v in (("num_seeds", num_seeds), ("steps", steps)) if v}
     protocol = dataclasses.replace(protocol, **changes)
     return evaluate_lib.evaluate_synthetic(key, _to_numpy(x_syn), _to_numpy(y_syn),

@@ -29,8 +29,10 @@ Each geometric operation is a random draw of its parameters (``crop_params``,
 
 Flips: FRePo drops ``flip`` for MNIST and Fashion-MNIST (``use_flip=False``); we keep that rule
 and extend it to other digit / character sets, where a mirrored sample is a different (or no)
-class: see :data:`NO_FLIP_DATASETS` and :func:`strategy_for_dataset`. The choice lives in the
-evaluation protocol's ``augment`` string, so it is recorded with every result.
+class. Which datasets flip is the ``flip`` column of the one per-dataset table,
+:data:`mgdd_jax.data.settings.DATASET_SETTINGS`; :func:`mgdd_jax.evaluation.get_protocol`
+applies it with :func:`without_flip`. The choice lives in the evaluation protocol's ``augment``
+string, so it is recorded with every result.
 """
 
 from __future__ import annotations
@@ -48,11 +50,6 @@ OPERATIONS: tuple[str, ...] = ("flip", "color", "crop", "rotate", "translate", "
 FREPO_STRATEGY = "flip_color_crop_rotate_translate_cutout"
 FREPO_STRATEGY_NO_FLIP = "color_crop_rotate_translate_cutout"
 NO_AUGMENT = "none"
-
-# FRePo: mnist and fashion_mnist. Added here: other digit / letter data sets.
-NO_FLIP_DATASETS: frozenset[str] = frozenset(
-    {"mnist", "fashion_mnist", "fashion-mnist", "fashionmnist", "emnist", "kmnist", "svhn", "usps"}
-)
 
 # FRePo's strengths (get_aug_by_name).
 FLIP_PROB = 0.5
@@ -83,11 +80,9 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
     return ops
 
 
-def strategy_for_dataset(name: str, strategy: str = FREPO_STRATEGY) -> str:
-    """``strategy`` without ``flip`` for data sets in :data:`NO_FLIP_DATASETS` (FRePo's rule)."""
-    ops = parse_strategy(strategy)
-    if name.lower() in NO_FLIP_DATASETS:
-        ops = tuple(op for op in ops if op != "flip")
+def without_flip(strategy: str) -> str:
+    """``strategy`` without its ``flip`` operation (``"none"`` when nothing is left)."""
+    ops = tuple(op for op in parse_strategy(strategy) if op != "flip")
     return "_".join(ops) if ops else NO_AUGMENT
 
 

@@ -59,6 +59,7 @@ import optax
 
 from mgdd_jax import augment as augment_lib
 from mgdd_jax import krr, nets
+from mgdd_jax.data import settings as data_settings
 from mgdd_jax.progress import Progress, stage
 
 # FRePo script/eval.py: number of images -> training steps.
@@ -235,12 +236,14 @@ PROTOCOLS: dict[str, EvalProtocol] = {
 
 
 def get_protocol(name: str, dataset: str | None = None) -> EvalProtocol:
-    """``PROTOCOLS[name]``, without flips when ``dataset`` is MNIST-like (FRePo's rule)."""
+    """``PROTOCOLS[name]``; with ``dataset`` (a loader name such as ``"fashion_mnist"`` or
+    ``"tfds:mnist"``), without flips where the per-dataset table says so
+    (:data:`mgdd_jax.data.settings.DATASET_SETTINGS`, FRePo's ``use_flip``)."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {name!r}; known: {sorted(PROTOCOLS)}")
     protocol = PROTOCOLS[name]
-    if dataset is not None:
-        strategy = augment_lib.strategy_for_dataset(dataset, protocol.augment)
+    if dataset is not None and not data_settings.settings_for(dataset).flip:
+        strategy = augment_lib.without_flip(protocol.augment)
         if strategy != protocol.augment:
             protocol = dataclasses.replace(protocol, augment=strategy)
     return protocol

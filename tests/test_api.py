@@ -175,6 +175,19 @@ def test_evaluate_records_its_protocol(fitted, digits):
                             key=jax.random.key(0), protocol="cpu", num_seeds=2, steps=3)
     assert res["protocol"]["name"] == "cpu" and res["protocol"]["num_seeds"] == 2
     assert res["steps"] == 3 and len(res["per_seed"]) == 2
+    assert "flip" in res["protocol"]["augment"]  # no dataset name: the protocol as named
+
+
+def test_evaluate_drops_flips_for_a_digit_dataset_name(fitted, digits):
+    x, y = digits
+    x_syn, y_syn = fitted.generate(2)
+    args = (x_syn, y_syn, fitted.preprocess(x[:50]), y[:50])
+    res = mgdd_jax.evaluate(*args, key=jax.random.key(0), protocol="cpu", num_seeds=1, steps=2,
+                            dataset="digits")
+    assert res["protocol"]["augment"] == "color_crop_rotate_translate_cutout"
+    with pytest.raises(ValueError, match="protocol given by name"):
+        mgdd_jax.evaluate(*args, key=jax.random.key(0), dataset="digits",
+                          protocol=mgdd_jax.evaluation.get_protocol("cpu"))
 
 
 def test_version_and_typed_marker():

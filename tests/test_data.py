@@ -16,6 +16,7 @@ from _idx_writer import encode_idx
 
 from mgdd_jax import data, outputs
 from mgdd_jax.data import idx, preprocess, sources, validation
+from mgdd_jax.data import settings as data_settings
 
 FASHION_DIR = Path(sources.FASHION_MNIST_DEFAULT_DIR)
 
@@ -772,3 +773,41 @@ def test_sample_initial_set(digits):
     np.testing.assert_array_equal(x, x2)
     with pytest.raises(ValueError, match="IPC=1000 is larger than class"):
         data.sample_initial_set(jax.random.key(0), digits, 1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# The one per-dataset table (mgdd_jax.data.settings), keyed by the names the loaders take.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, zca, flip", [
+    ("fashion_mnist", False, False), ("digits", False, False), ("glyphs", False, False),
+    ("glyphs:classes=20,per_class=50", False, False), ("tfds:mnist", False, False),
+    ("tfds:fashion_mnist", False, False), ("tfds:emnist/letters", False, False),
+    ("tfds:mnist:3.0.1", False, False), ("tfds:svhn_cropped", True, False),
+    ("tfds:cifar10", True, True), ("tfds:cifar100", True, True),
+    ("tfds:imagenet_resized/32x32", False, True), ("tfds:some_new_set", False, True),
+    ("npz:/tmp/x.npz", False, True), ("my_registered_name", False, True),
+])
+def test_settings_table_rows_by_loader_name(name, zca, flip):
+    row = data_settings.settings_for(name)
+    assert (row.zca, row.flip, row.image_size) == (zca, flip, 0)
+
+
+def test_every_named_source_has_its_own_row():
+    from mgdd_jax.data import sources
+    for name in sources.NAMED_SOURCES:
+        assert name in data_settings.DATASET_SETTINGS, name
+    for prefix in sources.PREFIX_SOURCES:
+        assert any(k.startswith(prefix) for k in data_settings.DATASET_SETTINGS), prefix
+
+
+def test_settings_for_refuses_a_non_name():
+    with pytest.raises(ValueError, match="non-empty string"):
+        data_settings.settings_for("")
+
+
+def test_launchers_read_the_library_table():
+    from experiments.configs import datasets
+    assert datasets.settings_for("tfds:cifar10") == {"zca": True, "image_size": 0, "flip": True}
+    assert datasets.settings_for("digits")["flip"] is False

@@ -286,10 +286,30 @@ def test_frepo_values_and_schedule():
     assert float(sched(250)) == pytest.approx(1.5e-4)
 
 
-def test_get_protocol_drops_flip_for_digits():
-    assert "flip" not in evaluate.get_protocol("frepo", "mnist").augment
-    assert "flip" not in evaluate.get_protocol("cpu", "fashion_mnist").augment
-    assert evaluate.get_protocol("frepo", "cifar10") == evaluate.PROTOCOLS["frepo"]
+# The names the loaders take (mgdd_jax.data.load_dataset), grey digit / character data first.
+NO_FLIP_NAMES = ("fashion_mnist", "digits", "glyphs", "glyphs:classes=20,per_class=50",
+                 "tfds:mnist", "tfds:fashion_mnist", "tfds:emnist/letters", "tfds:kmnist",
+                 "tfds:svhn_cropped")
+FLIP_NAMES = ("tfds:cifar10", "tfds:cifar100", "tfds:imagenet_resized/32x32", "tfds:other",
+              "npz:/data/x.npz")
+
+
+@pytest.mark.parametrize("name", NO_FLIP_NAMES)
+def test_get_protocol_drops_flip_for_loader_names_of_grey_glyph_data(name):
+    for protocol in ("frepo", "cpu"):
+        got = evaluate.get_protocol(protocol, name)
+        assert got.augment == "color_crop_rotate_translate_cutout", (protocol, name)
+        assert dataclasses.replace(got, augment=evaluate.PROTOCOLS[protocol].augment) == \
+            evaluate.PROTOCOLS[protocol]
+
+
+@pytest.mark.parametrize("name", FLIP_NAMES)
+def test_get_protocol_keeps_flip_for_natural_images(name):
+    assert evaluate.get_protocol("frepo", name) == evaluate.PROTOCOLS["frepo"]
+    assert evaluate.get_protocol("frepo") == evaluate.PROTOCOLS["frepo"]
+
+
+def test_get_protocol_refuses_unknown_protocol():
     with pytest.raises(ValueError, match="unknown evaluation protocol"):
         evaluate.get_protocol("nope")
 
@@ -631,8 +651,10 @@ def test_color_is_affine_per_image_for_grey():
         assert math.exp(-0.25) - 1e-5 <= s <= math.exp(0.25) + 1e-5
 
 
-def test_strategy_for_dataset():
-    assert augment.strategy_for_dataset("mnist") == augment.FREPO_STRATEGY_NO_FLIP
-    assert augment.strategy_for_dataset("Fashion_MNIST") == augment.FREPO_STRATEGY_NO_FLIP
-    assert augment.strategy_for_dataset("cifar10") == augment.FREPO_STRATEGY
-    assert augment.strategy_for_dataset("mnist", "flip") == "none"
+def test_without_flip():
+    assert augment.without_flip(augment.FREPO_STRATEGY) == augment.FREPO_STRATEGY_NO_FLIP
+    assert augment.without_flip(augment.FREPO_STRATEGY_NO_FLIP) == augment.FREPO_STRATEGY_NO_FLIP
+    assert augment.without_flip("flip") == "none"
+    assert augment.without_flip("none") == "none"
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment.without_flip("flip_blur")
