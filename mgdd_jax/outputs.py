@@ -61,6 +61,13 @@ def write_json(path: str, payload: Any) -> None:
             f.write("\n")
 
 
+def write_text(path: str, text: str) -> None:
+    """Atomically write ``text`` (UTF-8), e.g. a Markdown table."""
+    with atomic_path(path, ".txt") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
     """Append one JSON line (flushed; a torn last line is skipped by :func:`read_jsonl`)."""
     with open(path, "a") as f:
