@@ -140,6 +140,29 @@ def test_online_batch_is_the_set_or_a_subset_without_replacement():
     np.testing.assert_array_equal(xs, x[:6])
 
 
+def test_flipped_support_is_the_mirrored_copies(tiny):
+    _, fc, feature = _parts(tiny)
+    proto, x_t, y_t = _fixed_batch(tiny)
+    variables, _ = F.fresh_model(jax.random.key(2), tiny.image_shape, feature, fc)
+    total, parts = jax.jit(lambda p: F.frepo_loss(p, variables, x_t, y_t, feature=feature,
+                                                 reg=fc.reg, learn_labels=True, flip=True))(proto)
+    x_s = np.concatenate([proto["x"], np.asarray(proto["x"])[:, :, ::-1]])
+    y_s = np.concatenate([proto["y"], proto["y"]])
+    feats = jax.jit(lambda x: nets.conv_features(variables, x, feature))
+    ref = krr.krr_loss(feats(x_s), y_s, feats(x_t), y_t, fc.reg)
+    np.testing.assert_allclose(parts["krr"], ref, rtol=1e-4)
+    np.testing.assert_allclose(parts["margin"], F.label_margin_loss(proto["y"]), rtol=1e-6)
+    np.testing.assert_allclose(total, parts["krr"] + parts["margin"], rtol=1e-5, atol=1e-6)
+
+
+def test_flip_rule():
+    fc = F.FrepoConfig.from_config(smoke_config().frepo)
+    assert not fc.use_flip("fashion_mnist", 1) and not fc.use_flip("arrays", 1)
+    assert fc.use_flip("tfds:cifar10", 3) and not fc.use_flip("tfds:svhn_cropped", 3)
+    on = F.FrepoConfig.from_config(smoke_config(flip="on").frepo)
+    assert on.use_flip("fashion_mnist", 1)
+
+
 def test_initial_counters_are_staggered():
     fc = F.FrepoConfig.from_config(benchmark.get_config("paper").frepo)
     np.testing.assert_array_equal(F.initial_counts(fc), np.arange(0, 100, 10))

@@ -41,7 +41,7 @@ def frepo_config(size: str) -> ml_collections.ConfigDict:
         "learn_labels": True,  # FRePo's ProtoHolder(learn_label=True)
         # KRR ridge, relative: lam = reg * trace(K_ss) / n_s (FRePo's nfr default, 1e-6).
         "reg": 1e-6,
-        "flip": "auto",  # mirrored support copies: "auto" (colour only), "on", "off"
+        "flip": "auto",  # mirrored support copies: "auto" (colour, flip-safe data), "on", "off"
         # Online model pool (proto_train_and_evaluate).
         "pool_size": 10,  # num_nn_state
         "max_online_updates": 100,  # re-initialised when drawn with more updates than this

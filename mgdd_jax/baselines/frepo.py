@@ -72,9 +72,12 @@ Deviations, and why:
    NumPy's global generator for the draw, a split chain for the rest).
 5. **Schedule length.** The cosine runs over ``decay_steps``, or, when 0, over the last
    requested snapshot step (FRePo: its ``num_train_steps``, the run's length).
-6. **Flip.** ``flip="auto"`` turns the mirrored support copies on for colour images and off for
-   grey ones: FRePo's rule except its per-IPC exceptions for CIFAR-100, Tiny ImageNet and
-   ImageNet (set ``"on"``/``"off"`` to match those).
+6. **Flip.** ``flip="auto"`` puts mirrored copies in the support for colour images of datasets
+   whose row in :mod:`mgdd_jax.data.settings` (the library's per-dataset table, which also
+   sets the evaluation's flips) allows flips, and not for grey ones: FRePo's rule for
+   MNIST / Fashion-MNIST / CIFAR-10, without its per-IPC exceptions for CIFAR-100, Tiny
+   ImageNet and ImageNet (set ``"on"`` / ``"off"`` to match those), and off for mirrored-digit
+   sets such as SVHN, which FRePo does not cover.
 7. **Not carried over:** evaluation inside the loop, checkpoints, image saving, ``pmap``; the
    harness evaluates the snapshots with the shared protocol.
 
@@ -109,6 +112,7 @@ from mgdd_jax import data as data_lib
 from mgdd_jax import krr, nets
 from mgdd_jax.adapt import NonFiniteLossError
 from mgdd_jax.baselines import Snapshot, register
+from mgdd_jax.data.settings import settings_for
 
 FLIP_MODES: tuple[str, ...] = ("auto", "on", "off")
 
@@ -188,9 +192,12 @@ class FrepoConfig:
                 "frepo_config")
         return cls(**d)
 
-    def use_flip(self, channels: int) -> bool:
-        """Whether the support gets mirrored copies for images with ``channels`` channels."""
-        return self.flip == "on" or (self.flip == "auto" and channels > 1)
+    def use_flip(self, dataset_name: str, channels: int) -> bool:
+        """Whether the support gets mirrored copies. ``"auto"``: colour images of a dataset
+        whose row in :mod:`mgdd_jax.data.settings` allows flips (not SVHN, say)."""
+        if self.flip != "auto":
+            return self.flip == "on"
+        return channels > 1 and settings_for(dataset_name).flip
 
 
 class Pool(NamedTuple):
@@ -542,7 +549,7 @@ def _run(key, dataset, ipc, steps, cfg, feature, batch_size) -> Iterator[Snapsho
     seconds = 0.0
     c = dataset.num_classes
     total = steps[-1]
-    flip = cfg.use_flip(dataset.channels)
+    flip = cfg.use_flip(dataset.name, dataset.channels)
     k_init, k_pool, loop_key = jax.random.split(key, 3)
     x0, l0 = data_lib.sample_initial_set(k_init, dataset, ipc)
     train_x, train_y = jax.device_put((dataset.x_train, dataset.y_train))
