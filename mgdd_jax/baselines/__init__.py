@@ -98,3 +98,4 @@ def run_method(name: str, key: chex.PRNGKey, dataset: data.Dataset, ipc: int,
 
 # Importing the method modules registers them.
 from mgdd_jax.baselines import generators  # noqa: E402,F401
+from mgdd_jax.baselines import frepo  # noqa: E402,F401
