@@ -21,10 +21,13 @@ cost of a new IPC), ``benchmark_curves.png`` (accuracy against steps and against
 Fig. 4 / Fig. 9 style) and ``benchmark_samples_ipc<K>.png`` (the final set of each method). The
 ``paper`` and ``smoke`` variants write ``benchmark_paper.*`` / ``benchmark_smoke.*``.
 
-Resumable: every finished (method, IPC) is appended to a journal in ``--out``
-(``.benchmark*.journal.jsonl``, with the config it was made with); running the same command
-again skips what the journal holds, and a journal from another config is refused (pass
-``--overwrite`` to start again). Results that exist already are refused unless ``--overwrite``.
+Resumable and progressive: every finished (method, IPC) is appended to a journal in ``--out``
+(``.benchmark*.journal.jsonl``, with the config it was made with) and the files are rewritten
+from it (``"complete": false`` and the ``pending`` runs in the JSON, "partial" in the
+Markdown), so a long run shows its results as they come. Running the same command again
+skips what the journal holds (``--ipc`` and ``--methods`` may differ, e.g. to add IPC 50
+later); a journal from another config is refused (pass ``--overwrite`` to start again).
+Complete results are refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -158,7 +161,8 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     prep_paths = [os.path.join(out, stem + s) for s in (".json", ".md", "_curves.png")]
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out={out} exists and is a file; choose a directory path.")
-    if not config.overwrite and any(os.path.exists(p) for p in prep_paths):
+    resuming = os.path.exists(os.path.join(out, f".{stem}.journal.jsonl"))
+    if not config.overwrite and not resuming and any(os.path.exists(p) for p in prep_paths):
         raise ValueError(f"{prep_paths[0]} already exists; pass --overwrite to replace it, or "
                          "choose another --out.")
     parent = out if os.path.isdir(out) else os.path.dirname(out)
@@ -235,21 +239,35 @@ def run(prep: Prepared) -> dict[str, Any]:
             last = snaps[-1]
             outputs.write_npz(_set_path(prep, method, ipc), images=last.x, labels=last.y,
                               steps=np.int64(last.steps))
-    result = {
-        "dataset": config.dataset, "variant": config.variant,
-        "methods": list(prep.methods), "ipcs": list(prep.ipcs),
-        "snapshot_steps": list(prep.snapshot_steps), "eval_protocol": protocol.to_dict(),
-        "device": str(jax.devices()[0]), "config": json.loads(config.to_json()),
-        "runs": runs, "summary": summarise(runs, prep.snapshot_steps[-1], config.dataset),
-        "seconds_this_invocation": time.perf_counter() - t_all,
-    }
-    plot_curves(result, prep.path("_curves.png"))
-    for ipc in prep.ipcs:
-        plot_samples(prep, ipc, prep.path(f"_samples_ipc{ipc}.png"))
-    outputs.write_text(prep.path(".md"), markdown(result))
-    outputs.write_json(prep.path(".json"), result)
+            _write_outputs(prep, runs, time.perf_counter() - t_all, complete=False)
+    result = _write_outputs(prep, runs, time.perf_counter() - t_all, complete=True)
     os.remove(prep.journal)
     print(markdown(result), file=sys.stderr)
+    return result
+
+
+def _write_outputs(prep: Prepared, runs: list[dict[str, Any]], seconds: float, *,
+                   complete: bool) -> dict[str, Any]:
+    """The JSON, Markdown and PNGs of ``runs`` (each file atomic; ``complete`` False while a
+    long run is still going: the files then show the (method, IPC) runs finished so far)."""
+    config = prep.config
+    ipcs = sorted(set(prep.ipcs) | {r["ipc"] for r in runs})
+    methods = list(prep.methods) + sorted({r["method"] for r in runs} - set(prep.methods))
+    done = {(r["method"], r["ipc"]) for r in runs}
+    result = {
+        "dataset": config.dataset, "variant": config.variant, "complete": complete,
+        "pending": [[m, k] for k in ipcs for m in methods if (m, k) not in done],
+        "methods": methods, "ipcs": ipcs,
+        "snapshot_steps": list(prep.snapshot_steps), "eval_protocol": prep.protocol.to_dict(),
+        "device": str(jax.devices()[0]), "config": json.loads(config.to_json()),
+        "runs": runs, "summary": summarise(runs, prep.snapshot_steps[-1], config.dataset),
+        "seconds_this_invocation": seconds,
+    }
+    plot_curves(result, prep.path("_curves.png"))
+    for ipc in ipcs:
+        plot_samples(prep, methods, ipc, prep.path(f"_samples_ipc{ipc}.png"))
+    outputs.write_text(prep.path(".md"), markdown(result))
+    outputs.write_json(prep.path(".json"), result)
     return result
 
 
@@ -336,7 +354,10 @@ def markdown(result: dict[str, Any]) -> str:
     ipcs = [str(k) for k in result["ipcs"]]
     methods = result["methods"]
     proto = result["eval_protocol"]
-    lines = [f"## {result['dataset']}, variant `{result['variant']}` ({result['device']})", "",
+    status = "" if result.get("complete", True) else (
+        " — **partial**: still to run " + ", ".join(f"{m} IPC {k}" for m, k in result["pending"]))
+    lines = [f"## {result['dataset']}, variant `{result['variant']}` ({result['device']})"
+             + status, "",
              f"Test accuracy (%) at step {s['final_step']} (random: step 0), mean ± std over "
              f"{proto['num_seeds']} evaluation networks ({proto['name']} protocol); the paper's "
              "figure in brackets where it has one.", "",
@@ -422,13 +443,14 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
     outputs.save_figure(fig, path)
 
 
-def plot_samples(prep: Prepared, ipc: int, path: str, per_class: int = 10) -> None:
+def plot_samples(prep: Prepared, methods: Sequence[str], ipc: int, path: str,
+                 per_class: int = 10) -> None:
     """Each method's final set at ``ipc`` (up to ``per_class`` images per class, a row each)."""
     plt = outputs.pyplot()
     ds = prep.dataset
     shown = (lambda x: x) if ds.preprocessing.zca is not None else ds.preprocessing.invert
     panels = []
-    for m in prep.methods:
+    for m in methods:
         p = _set_path(prep, m, ipc)
         if not os.path.exists(p):
             continue

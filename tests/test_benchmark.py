@@ -67,7 +67,10 @@ def test_resume_skips_finished_runs_and_refuses_another_config(tmp_path, monkeyp
     config = smoke(out, "random,identity", "1")
     with pytest.raises(FloatingPointError):
         benchmark.run(benchmark.prepare(config))
-    assert calls == ["random"] and not (out / "benchmark_smoke.json").exists()
+    assert calls == ["random"]
+    partial = json.loads((out / "benchmark_smoke.json").read_text())  # what finished so far
+    assert partial["complete"] is False and partial["pending"] == [["identity", 1]]
+    assert {r["method"] for r in partial["runs"]} == {"random"}
     journal = out / ".benchmark_smoke.journal.jsonl"
     assert journal.exists()
 
@@ -80,7 +83,10 @@ def test_resume_skips_finished_runs_and_refuses_another_config(tmp_path, monkeyp
     result = benchmark.run(benchmark.prepare(config))
     assert calls == ["random", "identity"]  # random came from the journal
     assert {r["method"] for r in result["runs"]} == {"random", "identity"}
+    assert result["complete"] is True and result["pending"] == []
     assert not journal.exists()
+    with pytest.raises(ValueError, match="--overwrite"):  # complete: no longer resumable
+        benchmark.prepare(config)
 
 
 @pytest.mark.parametrize("change, match", [
