@@ -219,7 +219,9 @@ def run(prep: Prepared) -> dict[str, Any]:
                 stage(f"{method} IPC {ipc}: from the journal")
                 continue
             stage(f"{method} IPC {ipc}: running to step {prep.snapshot_steps[-1]}")
+            load_before = os.getloadavg()[0]
             snaps = baselines.run_method(method, key, ds, ipc, prep.snapshot_steps, config)
+            load = [load_before, os.getloadavg()[0]]  # other work on the machine, 1-min avg
             t_eval = time.perf_counter()
             results = evaluation.evaluate_many(
                 jax.random.fold_in(k_eval, ipc), [(s.x, s.y) for s in snaps], ds.x_test,
@@ -230,7 +232,7 @@ def run(prep: Prepared) -> dict[str, Any]:
                 entries.append({"method": method, "ipc": ipc, "steps": s.steps,
                                 "seconds": s.seconds, "acc_mean": res["mean"],
                                 "acc_std": res["std"], "per_seed": res["per_seed"],
-                                "timing": s.timing})
+                                "timing": s.timing, "load_average_before_after": load})
                 stage(f"  {method} IPC {ipc} step {s.steps}: {100 * res['mean']:.2f} ± "
                       f"{100 * res['std']:.2f}% at {s.seconds:.1f}s")
             outputs.append_jsonl(prep.journal, {"method": method, "ipc": ipc,
