@@ -48,7 +48,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import chex
@@ -350,11 +350,13 @@ def mse_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(0.5 * jnp.sum(jnp.square(logits - targets), axis=-1))
 
 
-@functools.lru_cache(maxsize=32)
-def _build_train_step(
+def _make_step(
     protocol: EvalProtocol, num_classes: int, n_syn: int, steps: int
 ) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
-    """One jitted step for this protocol and set size (the cache key); donates the state."""
+    """The pure training step ``(state, key, x_syn, y_syn) -> (state, {"loss", "learning_rate"})``
+    of one network; step ``t = state["step"]`` uses ``fold_in(key, t)``. Shared by the
+    per-step loop (:func:`_build_train_step`) and the batched chunk (:func:`_build_train_chunk`),
+    so both compute the same thing."""
     config = protocol.arch(num_classes)
     model = nets.ConvNet(config)
     tx = protocol.optimizer(steps)
@@ -397,7 +399,17 @@ def _build_train_step(
             new_state["batch_stats"] = batch_stats
         return new_state, {"loss": loss, "learning_rate": schedule(step)}
 
-    return jax.jit(step_fn, donate_argnums=0)
+    return step_fn
+
+
+@functools.lru_cache(maxsize=32)
+def _build_train_step(
+    protocol: EvalProtocol, num_classes: int, n_syn: int, steps: int
+) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
+    """One jitted step for this protocol and set size (the cache key); donates the state.
+
+    The per-seed reference loop (``seeds="loop"``, :func:`_train`)."""
+    return jax.jit(_make_step(protocol, num_classes, n_syn, steps), donate_argnums=0)
 
 
 def train_on_synthetic(
@@ -408,6 +420,7 @@ def train_on_synthetic(
     *,
     num_classes: int | None = None,
     progress: ProgressArg = None,
+    seeds: str = "auto",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train one fresh ConvNet on ``(x_syn, y_syn)`` with ``protocol`` (one seed).
 
@@ -422,6 +435,9 @@ def train_on_synthetic(
         :class:`~mgdd_jax.progress.Progress` line on stderr; a callable gets a dict (``step,
         steps, loss, learning_rate, steps_per_second, eta_seconds``) about every 10% of the
         steps.
+      seeds: ``"loop"`` runs the per-step reference loop (one jitted step per step); any other
+        mode of :data:`SEED_MODES` (default ``"auto"``) runs the steps in device-side chunks
+        (:func:`_build_train_chunk`). Same result either way (float tolerance).
 
     Returns:
       ``(variables, metrics)``: flax variables for :func:`accuracy`, and ``{"steps",
@@ -431,15 +447,29 @@ def train_on_synthetic(
     Raises:
       ValueError: bad input, or a non-finite loss (with the step at which it appeared).
 
-    The step function is jitted once per (protocol, classes, set size) and donates the state
-    ``{"params", "opt_state", "step"}`` (+ ``"batch_stats"`` for batch norm). Mean losses reach
-    the host only at logging steps (every ~10%); besides that, each step's scalar loss is
-    checked for finiteness while the *next* step runs, so the loop never waits on the step it
-    has just dispatched and a NaN / inf stops training at once with its step number.
+    Chunked (default): the steps between two logging points (every ~10%) run in one jitted
+    device loop that donates the state ``{"params", "opt_state", "step"}`` (+
+    ``"batch_stats"`` for batch norm) and returns every step's loss; the host checks them for
+    NaN / inf after each chunk and raises with the first bad step's number. ``"loop"``: the
+    step function is jitted once per (protocol, classes, set size); each step's scalar loss is
+    checked while the *next* step runs, so a NaN / inf stops training at once.
     """
     protocol = _resolve(protocol)
+    mode = resolve_seeds(seeds)
     x, y, c = _check_syn(x_syn, y_syn, num_classes)
-    return _train(key, jnp.asarray(x, jnp.float32), y, c, protocol, progress)
+    x_dev = jnp.asarray(x, jnp.float32)
+    if mode == "loop":
+        return _train(key, x_dev, y, c, protocol, progress)
+    variables, metrics = _train_batched(
+        [key], x_dev[None], y[None], c, protocol, progress, "eval", mode
+    )
+    return jax.tree.map(lambda a: a[0], variables), {
+        "steps": metrics["steps"],
+        "batch_size": metrics["batch_size"],
+        "final_loss": metrics["final_losses"][0],
+        "loss_log": metrics["loss_logs"][0],
+        "seconds": metrics["seconds"],
+    }
 
 
 def _train(
@@ -533,6 +563,208 @@ def _train(
 
 
 # ---------------------------------------------------------------------------------------------
+# Batched training: several networks (sets x seeds) per jitted call, steps in a device loop.
+# ---------------------------------------------------------------------------------------------
+
+# How the networks of one call are batched (``seeds=`` of :func:`evaluate_synthetic`):
+# "vmap": ``jax.vmap`` over sets and seeds (batched kernels; what GPUs want); "unrolled": one
+# copy of the step per network, traced in a Python loop inside the same jitted loop body (no
+# batched kernels: XLA:CPU turns vmap-batched convolution kernels into grouped convolutions,
+# while independent per-network graphs run side by side on its cores); "loop": the per-seed
+# reference loop, one jitted step per step (:func:`_train`); "auto": "unrolled" on CPU,
+# "vmap" elsewhere. Measured on the shared 2-core CPU (cpu protocol, 100 images, 3 seeds,
+# 100 steps; experiments/benchmarks/eval_speed.py -> results/bench/eval_speed_cpu.json):
+# unrolled 1.6x faster than the loop, vmap 2.7x slower.
+SEED_MODES: tuple[str, ...] = ("auto", "unrolled", "vmap", "loop")
+
+
+def resolve_seeds(seeds: str, backend: str | None = None) -> str:
+    """``"auto"`` -> ``"unrolled"`` on CPU and ``"vmap"`` on other backends (GPU, TPU)."""
+    if seeds not in SEED_MODES:
+        raise ValueError(f"seeds must be one of {SEED_MODES}, got {seeds!r}")
+    if seeds != "auto":
+        return seeds
+    backend = jax.default_backend() if backend is None else backend
+    return "unrolled" if backend == "cpu" else "vmap"
+
+
+@functools.lru_cache(maxsize=32)
+def _build_init(
+    arch: nets.ConvNetConfig, image_shape: tuple[int, ...]
+) -> Callable[[jax.Array], tuple[dict[str, Any], jax.Array]]:
+    """Jitted ``keys (M,) -> (variables with a leading M axis, train keys (M,))``: network ``m``
+    is initialised from ``split(keys[m])[0]`` and trains with ``split(keys[m])[1]``, as
+    :func:`_train` does for one key."""
+
+    def init(key):
+        init_key, train_key = jax.random.split(key)
+        return nets.init_feature_params(init_key, image_shape, arch), train_key
+
+    return jax.jit(jax.vmap(init))
+
+
+@functools.lru_cache(maxsize=32)
+def _build_train_chunk(
+    protocol: EvalProtocol, num_classes: int, n_syn: int, steps: int, mode: str,
+    max_length: int,
+) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
+    """Jitted ``chunk(states, keys, x, y, length) -> (states, {"loss", "learning_rate"})``.
+
+    Trains ``G x S`` networks (G sets of one shape, S seeds each) for ``length <= max_length``
+    steps in one device loop (``lax.fori_loop``; ``length`` is traced, so one compilation
+    serves every chunk length), the state donated. ``states`` leaves have leading ``(G, S)``
+    axes, ``keys`` is ``(G, S)`` train keys, ``x`` ``(G, n, H, W, C)``, ``y`` ``(G, n, C)``.
+    Each network runs :func:`_make_step` (``fold_in(its key, step)``), batched as ``mode``
+    ("vmap" or "unrolled", see :data:`SEED_MODES`). Returns each step's losses and learning
+    rates, ``(max_length, G, S)``; rows ``>= length`` are NaN / 0 (unused).
+    """
+    step_fn = _make_step(protocol, num_classes, n_syn, steps)
+    if mode == "vmap":
+        over_seeds = jax.vmap(step_fn, in_axes=(0, 0, None, None))
+        multi_step = jax.vmap(over_seeds, in_axes=(0, 0, 0, 0))
+    elif mode == "unrolled":
+
+        def multi_step(states, keys, x, y):
+            g_count, s_count = x.shape[0], keys.shape[1]
+            outs = [
+                step_fn(jax.tree.map(lambda a, g=g, s=s: a[g, s], states), keys[g, s], x[g], y[g])
+                for g in range(g_count)
+                for s in range(s_count)
+            ]
+            return jax.tree.map(
+                lambda *leaves: jnp.stack(leaves).reshape(g_count, s_count, *leaves[0].shape),
+                *outs,
+            )
+    else:
+        raise ValueError(f"batched training mode must be 'vmap' or 'unrolled', got {mode!r}")
+
+    def chunk(states, keys, x, y, length):
+        chex.assert_rank(x, 5)
+        chex.assert_shape(y, (x.shape[0], n_syn, num_classes))
+        shape = (max_length, x.shape[0], keys.shape[1])
+        logs = {
+            "loss": jnp.full(shape, jnp.nan, jnp.float32),
+            "learning_rate": jnp.zeros(shape, jnp.float32),
+        }
+
+        def body(i, carry):
+            states, logs = carry
+            states, metrics = multi_step(states, keys, x, y)
+            logs = {k: logs[k].at[i].set(metrics[k].astype(jnp.float32)) for k in logs}
+            return states, logs
+
+        return jax.lax.fori_loop(0, length, body, (states, logs))
+
+    return jax.jit(chunk, donate_argnums=0)
+
+
+def _log_ends(steps: int) -> list[int]:
+    """Steps after which the loss is logged (every ~10% and the last): the chunk ends."""
+    log_every = max(1, steps // 10)
+    return sorted(set(range(log_every, steps + 1, log_every)) | {steps})
+
+
+def _train_batched(
+    keys: list[chex.PRNGKey],
+    x: jax.Array,
+    y: jax.Array,
+    num_classes: int,
+    protocol: EvalProtocol,
+    progress: ProgressArg,
+    name: str,
+    mode: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train ``G x S`` networks at once: ``keys`` is ``G * S`` keys (set-major), ``x`` ``(G, n,
+    H, W, C)``, ``y`` ``(G, n, C)``; set ``g``'s network ``s`` uses ``keys[g * S + s]`` exactly
+    as :func:`_train` would use it (same init, same ``fold_in(train key, step)`` per step).
+
+    Returns ``(variables, metrics)``: flax variables with a leading ``G * S`` axis (set-major),
+    and ``{"steps", "batch_size", "final_losses", "loss_logs", "seconds"}`` with one entry per
+    network in the last two. The losses reach the host once per chunk (every ~10% of the
+    steps), all of the chunk's steps at once: a NaN / inf raises ValueError with its exact step.
+    """
+    g_count, n = int(x.shape[0]), int(x.shape[1])
+    m_count = len(keys)
+    if m_count % g_count:
+        raise ValueError(f"{m_count} keys for {g_count} sets: not a whole number of seeds")
+    s_count = m_count // g_count
+    steps = protocol.steps_for(n)
+    ends = _log_ends(steps)
+    max_length = max(b - a for a, b in zip([0, *ends], ends))
+    chunk_fn = _build_train_chunk(protocol, num_classes, n, steps, mode, max_length)
+    init_fn = _build_init(protocol.arch(num_classes), tuple(int(d) for d in x.shape[2:]))
+    report = progress if callable(progress) else None
+    bar = Progress(name, steps) if progress is True else None
+
+    start = time.perf_counter()
+    variables, train_keys = init_fn(jnp.stack(keys))
+    params = variables["params"]
+    state: dict[str, Any] = {
+        "params": params,
+        "opt_state": jax.vmap(protocol.optimizer(steps).init)(params),
+        "step": jnp.zeros((m_count,), jnp.int32),
+    }
+    if "batch_stats" in variables:
+        state["batch_stats"] = variables["batch_stats"]
+    state = jax.tree.map(lambda a: a.reshape(g_count, s_count, *a.shape[1:]), state)
+    train_keys = train_keys.reshape(g_count, s_count, *train_keys.shape[1:])
+
+    loss_logs: list[list[list[float]]] = [[] for _ in range(m_count)]
+    done = 0
+    first: tuple[int, float] | None = None  # (steps, time) at the end of the first chunk
+    for end in ends:
+        length = end - done
+        state, logs = chunk_fn(state, train_keys, x, y, np.int32(length))
+        losses = np.asarray(logs["loss"])[:length].reshape(length, m_count)  # the host sync
+        bad = ~np.isfinite(losses)
+        if bad.any():
+            i, m = (int(v[0]) for v in np.nonzero(bad))
+            raise ValueError(
+                f"non-finite training loss ({losses[i, m]}) at step {done + i} of {steps}"
+                + (f" (network {m + 1} of {m_count})" if m_count > 1 else "")
+                + "; check the scale of x_syn / y_syn and the learning rate "
+                f"({protocol.learning_rate})."
+            )
+        means = losses.astype(np.float64).mean(axis=0)
+        for m in range(m_count):
+            loss_logs[m].append([end, float(means[m])])
+        now = time.perf_counter()
+        if first is None:
+            first = (end, now)
+            rate = end / (now - start)  # includes compilation: a pessimistic first estimate
+        else:
+            rate = (end - first[0]) / (now - first[1]) if now > first[1] else float("nan")
+        mean_loss = float(np.mean(means))
+        learning_rate = float(np.asarray(logs["learning_rate"])[length - 1].flat[0])
+        if bar is not None:
+            bar.update(end, {"loss": mean_loss, "lr": learning_rate})
+        if report is not None:
+            eta = (steps - end) / rate if rate > 0 else float("nan")
+            report(
+                {
+                    "step": end,
+                    "steps": steps,
+                    "loss": mean_loss,
+                    "learning_rate": learning_rate,
+                    "steps_per_second": rate,
+                    "eta_seconds": 0.0 if math.isnan(eta) else eta,
+                }
+            )
+        done = end
+    state = jax.tree.map(lambda a: a.reshape(m_count, *a.shape[2:]), state)
+    out = {"params": state["params"]}
+    if "batch_stats" in state:
+        out["batch_stats"] = state["batch_stats"]
+    return out, {
+        "steps": steps,
+        "batch_size": protocol.batch_for(n),
+        "final_losses": [log[-1][1] for log in loss_logs],
+        "loss_logs": loss_logs,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Testing.
 # ---------------------------------------------------------------------------------------------
 
@@ -583,40 +815,68 @@ def accuracy(
     return correct / n
 
 
-def evaluate_synthetic(
-    key: chex.PRNGKey,
-    x_syn: chex.Array,
-    y_syn: chex.Array,
-    x_test: chex.Array,
-    y_test: chex.Array,
-    protocol: EvalProtocol | str = "frepo",
-    *,
-    num_classes: int | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train ``protocol.num_seeds`` fresh networks on the synthetic set; test accuracy mean ± std.
+@functools.lru_cache(maxsize=32)
+def _build_predict_many(
+    arch: nets.ConvNetConfig, mode: str
+) -> Callable[[dict[str, Any], jax.Array], jax.Array]:
+    """Jitted ``(variables with a leading M axis, x (b, H, W, C)) -> predictions (M, b)``."""
+    model = nets.ConvNet(arch)
 
-    Args:
-      key: PRNG key; seed ``i`` uses ``fold_in(key, i)``. Same key -> same result.
-      x_syn, y_syn: the synthetic set, see :func:`train_on_synthetic`.
-      x_test, y_test: the full test split, preprocessed like ``x_syn``; labels ``(n,)`` class
-        ids or ``(n, C)`` rows.
-      protocol: an :class:`EvalProtocol` or a key of :data:`PROTOCOLS`.
-      num_classes: only for integer ``y_syn`` (default: ``max + 1`` over y_syn and y_test).
-      progress: show a :class:`~mgdd_jax.progress.Progress` line on stderr during each run
-        (at most every 2 s, and at the end) and each seed's test accuracy.
+    def predict(variables, x):
+        _, logits = model.apply(variables, x, train=False)
+        return jnp.argmax(logits, axis=-1)
 
-    Returns:
-      JSON-serialisable ``{"mean", "std", "per_seed", "protocol", "seconds", "steps",
-      "batch_size", "num_syn", "num_test", "num_classes", "final_losses"}``; accuracies are
-      fractions, ``std`` is the population std (``ddof=0``).
+    if mode == "vmap":
+        return jax.jit(jax.vmap(predict, in_axes=(0, None)))
 
-    Raises:
-      ValueError: on bad input, before any training.
-    """
-    protocol = _resolve(protocol)
+    def predict_unrolled(variables, x):
+        count = jax.tree.leaves(variables)[0].shape[0]
+        return jnp.stack(
+            [predict(jax.tree.map(lambda a, i=i: a[i], variables), x) for i in range(count)]
+        )
+
+    return jax.jit(predict_unrolled)
+
+
+def _accuracies(
+    variables: dict[str, Any],
+    x: np.ndarray,
+    labels: np.ndarray,
+    arch: nets.ConvNetConfig,
+    batch_size: int,
+    mode: str,
+) -> np.ndarray:
+    """:func:`accuracy` of ``M`` networks at once (``variables`` with a leading M axis):
+    each test batch is sent to the device once and goes through all networks in one call."""
+    predict = _build_predict_many(arch, mode)
+    n = x.shape[0]
+    bs = min(batch_size, n)
+    correct = np.zeros(jax.tree.leaves(variables)[0].shape[0], np.int64)
+    for start in range(0, n, bs):
+        chunk = x[start : start + bs]
+        m = chunk.shape[0]
+        if m < bs:
+            chunk = np.concatenate([chunk, np.zeros((bs - m, *chunk.shape[1:]), chunk.dtype)])
+        pred = np.asarray(predict(variables, jnp.asarray(chunk, jnp.float32)))[:, :m]
+        correct += np.sum(pred == labels[start : start + m], axis=1)
+    return correct / n
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """One validated synthetic set (see :func:`_prepare`)."""
+
+    x: np.ndarray
+    y: jax.Array
+    num_classes: int
+    labels: np.ndarray
+
+
+def _prepare(
+    x_syn: Any, y_syn: Any, xt: np.ndarray, y_test: Any, num_classes: int | None
+) -> _Prepared:
+    """Every input check of :func:`evaluate_synthetic` for one set (``xt`` already checked)."""
     x = _check_images(x_syn, "x_syn")
-    xt = _check_images(x_test, "x_test")
     if num_classes is None and getattr(y_syn, "ndim", None) == 1:
         yt = np.asarray(y_test)
         if yt.ndim == 1 and np.issubdtype(yt.dtype, np.integer) and yt.size:
@@ -628,39 +888,229 @@ def evaluate_synthetic(
             f"{x.shape[1:]}; they must match (same resolution and channels)."
         )
     labels = _test_labels(y_test, xt.shape[0], c)
+    return _Prepared(x, y, c, labels)
 
-    arch = protocol.arch(c)
+
+def _result(
+    per_seed: list[float],
+    final_losses: list[float],
+    protocol: EvalProtocol,
+    prepared: _Prepared,
+    num_test: int,
+    seconds: float,
+) -> dict[str, Any]:
+    n = int(prepared.x.shape[0])
+    return {
+        "mean": float(np.mean(per_seed)),
+        "std": float(np.std(per_seed)),
+        "per_seed": [float(a) for a in per_seed],
+        "protocol": protocol.to_dict(),
+        "seconds": seconds,
+        "steps": protocol.steps_for(n),
+        "batch_size": protocol.batch_for(n),
+        "num_syn": n,
+        "num_test": int(num_test),
+        "num_classes": prepared.num_classes,
+        "final_losses": [float(v) for v in final_losses],
+    }
+
+
+def _summary(result: dict[str, Any], protocol: EvalProtocol, what: str = "eval") -> None:
+    stage(
+        f"{what} {protocol.name}: {100 * result['mean']:.2f} ± {100 * result['std']:.2f}% "
+        f"over {protocol.num_seeds} seed(s), {result['seconds']:.0f}s"
+    )
+
+
+def _evaluate_loop(
+    key: chex.PRNGKey, prepared: _Prepared, xt: np.ndarray, protocol: EvalProtocol,
+    progress: bool,
+) -> dict[str, Any]:
+    """The per-seed reference: seed ``i`` trained by :func:`_train` with ``fold_in(key, i)``."""
+    arch = protocol.arch(prepared.num_classes)
     start = time.perf_counter()
     per_seed: list[float] = []
     final_losses: list[float] = []
-    steps = protocol.steps_for(x.shape[0])
-    x_dev = jnp.asarray(x, jnp.float32)
+    x_dev = jnp.asarray(prepared.x, jnp.float32)
     for i in range(protocol.num_seeds):
         name = f"eval seed {i + 1}/{protocol.num_seeds}"
         variables, metrics = _train(
-            jax.random.fold_in(key, i), x_dev, y, c, protocol, progress, name
+            jax.random.fold_in(key, i), x_dev, prepared.y, prepared.num_classes, protocol,
+            progress, name,
         )
-        acc = accuracy(variables, xt, labels, arch, protocol.test_batch_size)
+        acc = accuracy(variables, xt, prepared.labels, arch, protocol.test_batch_size)
         per_seed.append(acc)
         final_losses.append(metrics["final_loss"])
         if progress:
             stage(f"{name}: test accuracy {100 * acc:.2f}%")
-    result = {
-        "mean": float(np.mean(per_seed)),
-        "std": float(np.std(per_seed)),
-        "per_seed": per_seed,
-        "protocol": protocol.to_dict(),
-        "seconds": time.perf_counter() - start,
-        "steps": steps,
-        "batch_size": protocol.batch_for(x.shape[0]),
-        "num_syn": int(x.shape[0]),
-        "num_test": int(xt.shape[0]),
-        "num_classes": c,
-        "final_losses": final_losses,
-    }
+    return _result(per_seed, final_losses, protocol, prepared, xt.shape[0],
+                   time.perf_counter() - start)
+
+
+def _evaluate_sets(
+    keys: list[chex.PRNGKey],
+    prepared: list[_Prepared],
+    xt: np.ndarray,
+    protocol: EvalProtocol,
+    progress: bool,
+    mode: str,
+    sets_per_call: int | None,
+) -> list[dict[str, Any]]:
+    """Evaluate validated sets with the batched trainer: sets of equal ``(shape, classes)`` go
+    together, ``sets_per_call`` of them per compiled call (None: all in "vmap" mode, one at a
+    time in "unrolled" mode). Set ``j``'s seed ``i`` uses ``fold_in(keys[j], i)``."""
+    if mode == "loop":
+        return [_evaluate_loop(k, p, xt, protocol, progress) for k, p in zip(keys, prepared)]
+    if sets_per_call is None:
+        sets_per_call = len(prepared) if mode == "vmap" else 1
+    if sets_per_call < 1:
+        raise ValueError(f"sets_per_call must be >= 1 or None, got {sets_per_call}")
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for j, p in enumerate(prepared):
+        groups.setdefault((p.x.shape, p.num_classes), []).append(j)
+    s_count = protocol.num_seeds
+    results: list[dict[str, Any] | None] = [None] * len(prepared)
+    many = len(prepared) > 1
+    for members in groups.values():
+        for at in range(0, len(members), sets_per_call):
+            call = members[at : at + sets_per_call]
+            first = prepared[call[0]]
+            arch = protocol.arch(first.num_classes)
+            if many:
+                sets = f"set {call[0] + 1}" if len(call) == 1 else f"sets {[j + 1 for j in call]}"
+                name = f"eval {sets}/{len(prepared)}, {s_count} seed(s)"
+            elif s_count == 1:
+                name = "eval seed 1/1"
+            else:
+                name = f"eval seeds 1-{s_count}/{s_count}"
+            start = time.perf_counter()
+            x = jnp.asarray(np.stack([prepared[j].x for j in call]), jnp.float32)
+            y = jnp.stack([prepared[j].y for j in call])
+            seed_keys = [jax.random.fold_in(keys[j], i) for j in call for i in range(s_count)]
+            variables, metrics = _train_batched(
+                seed_keys, x, y, first.num_classes, protocol, progress, name, mode
+            )
+            # One test split and one class count per group: the same labels for every set.
+            accs = _accuracies(variables, xt, first.labels, arch, protocol.test_batch_size, mode)
+            seconds = time.perf_counter() - start
+            for g, j in enumerate(call):
+                per_seed = [float(a) for a in accs[g * s_count : (g + 1) * s_count]]
+                losses = metrics["final_losses"][g * s_count : (g + 1) * s_count]
+                if progress:
+                    for i, acc in enumerate(per_seed):
+                        where = f"eval set {j + 1}/{len(prepared)} seed" if many else "eval seed"
+                        stage(f"{where} {i + 1}/{s_count}: test accuracy {100 * acc:.2f}%")
+                results[j] = _result(per_seed, losses, protocol, prepared[j], xt.shape[0],
+                                     seconds)
+    return [r for r in results if r is not None]
+
+
+def evaluate_synthetic(
+    key: chex.PRNGKey,
+    x_syn: chex.Array,
+    y_syn: chex.Array,
+    x_test: chex.Array,
+    y_test: chex.Array,
+    protocol: EvalProtocol | str = "frepo",
+    *,
+    num_classes: int | None = None,
+    progress: bool = True,
+    seeds: str = "auto",
+) -> dict[str, Any]:
+    """Train ``protocol.num_seeds`` fresh networks on the synthetic set; test accuracy mean ± std.
+
+    Args:
+      key: PRNG key; seed ``i`` uses ``fold_in(key, i)``. Same key -> same result.
+      x_syn, y_syn: the synthetic set, see :func:`train_on_synthetic`.
+      x_test, y_test: the full test split, preprocessed like ``x_syn``; labels ``(n,)`` class
+        ids or ``(n, C)`` rows.
+      protocol: an :class:`EvalProtocol` or a key of :data:`PROTOCOLS`.
+      num_classes: only for integer ``y_syn`` (default: ``max + 1`` over y_syn and y_test).
+      progress: show a :class:`~mgdd_jax.progress.Progress` line on stderr during training
+        (at most every 2 s, and at the end) and each seed's test accuracy.
+      seeds: how the seeds are trained (:data:`SEED_MODES`): all at once in one jitted device
+        loop per chunk of steps, ``"vmap"``-batched or ``"unrolled"`` (``"auto"``: unrolled on
+        CPU, vmap elsewhere), or ``"loop"``, the per-seed reference (one jitted call per step).
+        The same numbers either way, up to float rounding.
+
+    Returns:
+      JSON-serialisable ``{"mean", "std", "per_seed", "protocol", "seconds", "steps",
+      "batch_size", "num_syn", "num_test", "num_classes", "final_losses"}``; accuracies are
+      fractions, ``std`` is the population std (``ddof=0``).
+
+    Raises:
+      ValueError: on bad input, before any training; on a non-finite training loss (with its
+        step).
+    """
+    protocol = _resolve(protocol)
+    mode = resolve_seeds(seeds)
+    xt = _check_images(x_test, "x_test")
+    prepared = _prepare(x_syn, y_syn, xt, y_test, num_classes)
+    result = _evaluate_sets([key], [prepared], xt, protocol, progress, mode, None)[0]
     if progress:
-        stage(
-            f"eval {protocol.name}: {100 * result['mean']:.2f} ± {100 * result['std']:.2f}% "
-            f"over {protocol.num_seeds} seed(s), {result['seconds']:.0f}s"
-        )
+        _summary(result, protocol)
     return result
+
+
+def evaluate_many(
+    key: chex.PRNGKey | Sequence[chex.PRNGKey],
+    sets: Sequence[tuple[chex.Array, chex.Array]],
+    x_test: chex.Array,
+    y_test: chex.Array,
+    protocol: EvalProtocol | str = "frepo",
+    *,
+    num_classes: int | None = None,
+    progress: bool = True,
+    seeds: str = "auto",
+    sets_per_call: int | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_synthetic` of several sets against one test split, batched.
+
+    ``evaluate_many(key, sets, ...)[j]`` is ``evaluate_synthetic(key, *sets[j], ...)`` (the
+    same keys: seed ``i`` of every set uses ``fold_in(key, i)``; float tolerance), but sets of
+    the same shape and class count are trained together, ``sets x seeds`` networks per compiled
+    call, and share one compilation.
+
+    Args:
+      key: one PRNG key for all sets, or a sequence (list / tuple) of one key per set.
+      sets: ``[(x_syn, y_syn), ...]``, each as in :func:`evaluate_synthetic`.
+      x_test, y_test, protocol, num_classes, progress, seeds: as in
+        :func:`evaluate_synthetic` (``num_classes`` applies to every set).
+      sets_per_call: sets of one shape trained per compiled call; None: all of them with
+        ``"vmap"``, one at a time with ``"unrolled"`` (its graph grows with the number of
+        networks, and a CPU's cores are already busy with one set's seeds).
+
+    Returns:
+      One result dict per set, in the order of ``sets``. ``"seconds"`` is the wall time of the
+      call that trained the set (shared by the sets trained together).
+
+    Raises:
+      ValueError: on bad input in any set, before any training; on a non-finite loss.
+    """
+    protocol = _resolve(protocol)
+    mode = resolve_seeds(seeds)
+    sets = list(sets)
+    if not sets:
+        raise ValueError("sets is empty: pass a list of (x_syn, y_syn) pairs.")
+    for j, pair in enumerate(sets):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"sets[{j}] must be an (x_syn, y_syn) pair, got {type(pair)}")
+    if isinstance(key, (list, tuple)):
+        keys = list(key)
+        if len(keys) != len(sets):
+            raise ValueError(f"{len(keys)} keys for {len(sets)} sets: pass one key per set, "
+                             "or one key for all.")
+    else:
+        keys = [key] * len(sets)
+    xt = _check_images(x_test, "x_test")
+    prepared = []
+    for j, (x_syn, y_syn) in enumerate(sets):
+        try:
+            prepared.append(_prepare(x_syn, y_syn, xt, y_test, num_classes))
+        except ValueError as e:
+            raise ValueError(f"sets[{j}]: {e}") from e
+    results = _evaluate_sets(keys, prepared, xt, protocol, progress, mode, sets_per_call)
+    if progress:
+        for j, result in enumerate(results):
+            _summary(result, protocol, f"eval set {j + 1}/{len(results)}")
+    return results

@@ -11,6 +11,7 @@ them, a loop that ignores the labels or scrambles the images cannot.
 import dataclasses
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -204,8 +205,10 @@ def test_seeds_differ_same_seed_reproducible(problem):
 
 
 def test_train_step_compiles_once_per_run(separable, problem, compile_events):
-    """A new protocol costs one XLA compilation (its train step) for all its seeds; running it
-    again costs none. ``separable`` has already compiled everything else for these shapes."""
+    """A new protocol costs one XLA compilation (its training chunk) for all its seeds and
+    all chunks of steps; running it again costs none. ``separable`` has already compiled
+    everything else for these shapes (network init and test predictions depend on the
+    architecture, not on the protocol)."""
     xs, ys, xt, yt = problem
     proto = dataclasses.replace(TINY, name="compile-count")  # a new train-step cache key
     evaluate.evaluate_synthetic(jax.random.key(5), xs, ys, xt, yt, proto, progress=False)
@@ -245,6 +248,210 @@ def test_evaluate_progress_silenceable(problem, capsys):
     err = capsys.readouterr().err
     assert "eval seed 1/1 [" in err and "10/10" in err  # the Progress line
     assert "eval seed 1/1: test accuracy" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched training (all seeds, and sets of one shape, per jitted chunk) vs the per-seed loop.
+# ---------------------------------------------------------------------------------------------
+
+# Random batches (16 of 32) and FRePo's augmentation: every key-dependent part of a step
+# (subset, augmentation op and its per-sample parameters, init) must line up per seed.
+EQUIV = evaluate.EvalProtocol(
+    width=4,
+    norm="none",
+    learning_rate=1e-2,
+    warmup_steps=2,
+    steps=6,
+    batch_size=16,
+    augment=augment.FREPO_STRATEGY,
+    num_seeds=2,
+    test_batch_size=64,
+    name="equiv",
+)
+BATCHED_MODES = ("unrolled", "vmap")
+
+
+def _assert_trees_close(a, b, rtol=1e-4, atol=1e-5, loose=lambda name: False, loose_atol=0.0):
+    """Leaves allclose; leaves whose path ``loose(name)`` selects only within ``loose_atol``."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    strict = 0
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        name = jax.tree_util.keystr(path)
+        tol = {"rtol": 0.0, "atol": loose_atol} if loose(name) else {"rtol": rtol, "atol": atol}
+        strict += not loose(name)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=name, **tol)
+    assert strict > 0
+
+
+@pytest.fixture(scope="module")
+def per_seed_reference(problem):
+    """EQUIV trained seed by seed with the reference loop (one jitted call per step)."""
+    xs, ys, _, _ = problem
+    y = krr.centred_onehot(jnp.asarray(ys), C)
+    keys = [jax.random.fold_in(jax.random.key(0), i) for i in range(EQUIV.num_seeds)]
+    runs = [evaluate._train(k, jnp.asarray(xs), y, C, EQUIV, None) for k in keys]
+    return keys, y, runs
+
+
+def test_resolve_seeds():
+    assert evaluate.resolve_seeds("auto", "cpu") == "unrolled"
+    assert evaluate.resolve_seeds("auto", "gpu") == "vmap"
+    assert evaluate.resolve_seeds("auto") == "unrolled"  # the tests run on CPU
+    for mode in ("loop", "vmap", "unrolled"):
+        assert evaluate.resolve_seeds(mode, "gpu") == mode
+    with pytest.raises(ValueError, match="seeds must be one of"):
+        evaluate.resolve_seeds("parallel")
+
+
+@pytest.mark.parametrize("mode", BATCHED_MODES)
+def test_batched_training_equals_per_seed_loop(mode, problem, per_seed_reference):
+    """Same keys -> the same networks (params, batch stats, logged losses) and accuracies as
+    the per-seed loop, to float tolerance; and the seeds do differ from each other."""
+    xs, _, xt, yt = problem
+    keys, y, runs = per_seed_reference
+    variables, metrics = evaluate._train_batched(
+        keys, jnp.asarray(xs)[None], y[None], C, EQUIV, None, "test", mode
+    )
+    assert metrics["steps"] == EQUIV.steps and metrics["batch_size"] == 16
+    arch = EQUIV.arch(C)
+    accs = evaluate._accuracies(variables, xt, yt, arch, EQUIV.test_batch_size, mode)
+    for i, (ref_vars, ref_metrics) in enumerate(runs):
+        got = jax.tree.map(lambda a, i=i: a[i], variables)
+        _assert_trees_close(got, ref_vars)
+        log, ref_log = metrics["loss_logs"][i], ref_metrics["loss_log"]
+        assert [s for s, _ in log] == [s for s, _ in ref_log]
+        np.testing.assert_allclose([v for _, v in log], [v for _, v in ref_log], rtol=1e-5)
+        ref_acc = evaluate.accuracy(ref_vars, xt, yt, arch, EQUIV.test_batch_size)
+        assert accs[i] == pytest.approx(ref_acc, abs=1.5 / N_TEST)  # a borderline argmax at most
+    a, b = (jax.tree.leaves(v[0]["params"]) for v in runs)
+    assert not np.allclose(np.asarray(a[0]), np.asarray(b[0]))  # seeds differ: not vacuous
+
+
+@pytest.mark.parametrize("mode", BATCHED_MODES)
+def test_evaluate_synthetic_modes_equal_loop(mode, problem, separable):
+    """evaluate_synthetic's per-seed keys (fold_in(key, i)) are the loop's in every mode."""
+    xs, ys, xt, yt = problem
+    ref = evaluate.evaluate_synthetic(
+        jax.random.key(0), xs, ys, xt, yt, TINY, progress=False, seeds="loop"
+    )
+    got = separable if mode == "unrolled" else evaluate.evaluate_synthetic(
+        jax.random.key(0), xs, ys, xt, yt, TINY, progress=False, seeds=mode
+    )
+    assert set(got) == set(ref)
+    for k in ref:
+        if k in ("seconds", "final_losses", "per_seed", "mean", "std"):
+            continue
+        assert got[k] == ref[k], k
+    np.testing.assert_allclose(got["final_losses"], ref["final_losses"], rtol=1e-4)
+    np.testing.assert_allclose(got["per_seed"], ref["per_seed"], atol=1.5 / N_TEST)
+
+
+def _bn_noise(name):
+    """Leaves that batch norm makes rounding-sensitive: a conv bias before the norm has an
+    exact gradient of 0 (the norm removes the mean), so Adam turns float rounding (~1e-9) into
+    steps of up to the learning rate whose sign differs between two XLA programs; the running
+    means inherit them. Each differs by at most ~2 * learning rate * steps."""
+    return ("Conv_" in name and "bias" in name) or ("batch_stats" in name and "mean" in name)
+
+
+@pytest.mark.parametrize("mode", BATCHED_MODES)
+def test_train_on_synthetic_chunked_equals_loop(mode, problem):
+    """One seed, chunked vs the per-step loop, with batch norm's state (``batch_stats``)."""
+    xs, ys, _, _ = problem
+    proto = dataclasses.replace(EQUIV, norm="batch", num_seeds=1)
+    v_loop, m_loop = evaluate.train_on_synthetic(jax.random.key(4), xs, ys, proto, seeds="loop")
+    v_new, m_new = evaluate.train_on_synthetic(jax.random.key(4), xs, ys, proto, seeds=mode)
+    assert "batch_stats" in v_new
+    bound = 2 * proto.learning_rate * proto.steps
+    _assert_trees_close(v_new, v_loop, loose=_bn_noise, loose_atol=bound)
+    assert set(m_new) == set(m_loop)
+    assert [s for s, _ in m_new["loss_log"]] == [s for s, _ in m_loop["loss_log"]]
+    np.testing.assert_allclose(m_new["final_loss"], m_loop["final_loss"], rtol=1e-5)
+
+
+def _many_sets(problem):
+    """Three sets, two shapes: A and C have 32 images, B has 16."""
+    xs, ys, _, _ = problem
+    xc, _ = _quadrants(jax.random.key(11), N_SYN)
+    return [(xs, ys), (xs[:16], ys[:16]), (xc, (ys + 1) % C)]
+
+
+@pytest.mark.parametrize("mode, sets_per_call, calls", [
+    ("vmap", None, [2, 1]),      # vmap: every set of a shape in one call
+    ("unrolled", 2, [2, 1]),     # two sets x two seeds unrolled in one call
+])
+def test_evaluate_many_equals_separate_calls(mode, sets_per_call, calls, problem, monkeypatch):
+    """evaluate_many == one evaluate_synthetic per set (same key); sets grouped by shape."""
+    xt_noisy, yt_noisy = _quadrants(jax.random.key(9), N_TEST, noise=4.0)  # accuracies < 1
+    proto = dataclasses.replace(TINY, steps=10)
+    sets = _many_sets(problem)
+    key = jax.random.key(3)
+    separate = [
+        evaluate.evaluate_synthetic(key, x, y, xt_noisy, yt_noisy, proto, progress=False,
+                                    seeds=mode)
+        for x, y in sets
+    ]
+    seen = []
+    real = evaluate._train_batched
+
+    def spy(keys, x, *args, **kwargs):
+        seen.append((len(keys), tuple(x.shape)))
+        return real(keys, x, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "_train_batched", spy)
+    many = evaluate.evaluate_many(key, sets, xt_noisy, yt_noisy, proto, progress=False,
+                                  seeds=mode, sets_per_call=sets_per_call)
+    assert [g for _, (g, *_) in seen] == calls
+    assert [k for k, _ in seen] == [2 * g for g in calls]  # two seeds per set
+    assert sorted(shape[1] for _, shape in seen) == [16, 32]
+    assert len(many) == len(sets)
+    for got, ref in zip(many, separate):
+        assert set(got) == set(ref)
+        for k in ("steps", "batch_size", "num_syn", "num_test", "num_classes", "protocol"):
+            assert got[k] == ref[k], k
+        np.testing.assert_allclose(got["final_losses"], ref["final_losses"], rtol=1e-4)
+        np.testing.assert_allclose(got["per_seed"], ref["per_seed"], atol=1.5 / N_TEST)
+    # Not vacuous: the three sets give three different results.
+    assert len({tuple(r["final_losses"]) for r in many}) == 3
+    # One key per set: set j with keys[j] is evaluate_synthetic with keys[j].
+    other = jax.random.key(8)
+    mixed = evaluate.evaluate_many([other, key, key], sets, xt_noisy, yt_noisy, proto,
+                                   progress=False, seeds=mode, sets_per_call=sets_per_call)
+    np.testing.assert_allclose(mixed[1]["final_losses"], separate[1]["final_losses"], rtol=1e-4)
+    assert mixed[0]["final_losses"] != many[0]["final_losses"]
+
+
+def test_evaluate_many_checks_every_set_before_training(problem, no_training):
+    xs, ys, xt, yt = problem
+    bad = xs.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"sets\[1\]: x_syn contains 1 non-finite"):
+        evaluate.evaluate_many(jax.random.key(0), [(xs, ys), (bad, ys)], xt, yt, TINY,
+                               progress=False)
+    with pytest.raises(ValueError, match="2 keys for 1 sets"):
+        evaluate.evaluate_many([jax.random.key(0)] * 2, [(xs, ys)], xt, yt, TINY,
+                               progress=False)
+    with pytest.raises(ValueError, match="sets is empty"):
+        evaluate.evaluate_many(jax.random.key(0), [], xt, yt, TINY, progress=False)
+    with pytest.raises(ValueError, match="seeds must be one of"):
+        evaluate.evaluate_many(jax.random.key(0), [(xs, ys)], xt, yt, TINY, seeds="x")
+
+
+@pytest.mark.parametrize("mode", BATCHED_MODES)
+def test_nonfinite_loss_batched_reports_the_loops_step(mode, problem):
+    """A loss that overflows mid-chunk (a huge learning rate; 40 steps -> chunks of 4) raises
+    with the same step number as the per-step loop, which stops at the first bad step."""
+    xs, ys, xt, yt = problem
+    proto = dataclasses.replace(TINY, learning_rate=1e5, warmup_steps=2)
+    pattern = r"non-finite training loss .* at step (\d+) of 40"
+    with pytest.raises(ValueError, match=pattern) as ref:
+        evaluate.evaluate_synthetic(jax.random.key(0), xs, ys, xt, yt, proto, progress=False,
+                                    seeds="loop")
+    step = int(re.search(pattern, str(ref.value)).group(1))
+    assert 0 < step < 40 and step % 4 != 0  # inside a chunk, not at its start
+    with pytest.raises(ValueError, match=rf"non-finite training loss .* at step {step} of 40"):
+        evaluate.evaluate_synthetic(jax.random.key(0), xs, ys, xt, yt, proto, progress=False,
+                                    seeds=mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +576,7 @@ def no_training(monkeypatch):
         raise AssertionError("training started before the input was checked")
 
     monkeypatch.setattr(evaluate, "_train", fail)
+    monkeypatch.setattr(evaluate, "_train_batched", fail)
 
 
 def _bad_cases(xs, ys, xt, yt):
