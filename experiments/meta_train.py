@@ -14,6 +14,7 @@ workdir resumes from its latest checkpoint; the workdir's ``checkpoints/`` is a 
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -21,7 +22,7 @@ from ml_collections import config_flags
 
 from experiments import cli
 from experiments.configs.datasets import settings_for
-from mgdd_jax import meta_train
+from mgdd_jax import meta_train, multihost
 
 
 def define_flags() -> None:
@@ -39,10 +40,17 @@ def main(argv):
         raise app.UsageError("--config and --workdir are required")
     cli.quiet_library_logs()
     row = settings_for(config.source)
-    with cli.exit_on_bad_input():
-        prep = meta_train.prepare(config, workdir, zca=row["zca"],
-                                  default_image_size=row["image_size"])
-    result = meta_train.train(prep)
+    try:
+        with cli.exit_on_bad_input():
+            prep = meta_train.prepare(config, workdir, zca=row["zca"],
+                                      default_image_size=row["image_size"])
+        result = meta_train.train(prep)
+    except multihost.PeerLostError as e:  # another process died
+        # One line, no traceback, and no waiting at exit: jax's exit hook would wait for the
+        # dead process at its shutdown barrier, then abort with a page of C++ log.
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     print(f"meta-training stopped at step {result['step']} after {result['seconds']:.0f}s "
           f"({result['seconds_per_step']:.3f} s/step)", file=sys.stderr)
 

@@ -203,7 +203,12 @@ def load_generator(
     stored = GeneratorConfig.from_dict(meta["generator"])
     check_compatible(stored, config, directory)
     stored_shape = (*image_shape[:2], stored.image_channels)
-    target = jax.eval_shape(lambda: init_generator(jax.random.key(0), stored_shape, stored))
+    # Onto this process's first device, whatever devices saved it (a checkpoint of a
+    # multi-device or multi-host meta-training run loads on one device).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+        jax.eval_shape(lambda: init_generator(jax.random.key(0), stored_shape, stored)))
     with _manager(directory, read_only=True) as mngr:
         params = mngr.restore(
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))

@@ -28,6 +28,15 @@ explicit all-reduce; letting XLA partition the vmapped per-task conv gradients b
 fails on grouped convolutions). D devices give the update of one device running the same D
 tasks (``tests/test_meta.py``).
 
+**Processes (multi-host).** The mesh may span several JAX processes (one per host). Task
+``j`` of step ``i`` is a function of ``(key, i, j)`` only (:func:`step_inputs`), so each
+process draws just the tasks of its own devices (:func:`process_tasks`) from the whole
+source, which every process loads, and :func:`shard_batch` assembles the global batch from
+the processes' parts: P processes of D devices give exactly the batch, and the update, of
+one process with P·D devices (``tests/test_multihost.py``). The images are not split
+between hosts, the tasks are: each host needs a copy of the source (a local disk or a
+shared file system).
+
 **Loops (``loop=`` of :func:`make_meta_step`).** ``"scan"``: the inner loop is a
 ``lax.scan`` (``unroll=config.scan_unroll``) and a device's tasks are ``vmap``-ped (one
 graph whatever T and the task count; right for GPUs). ``"unrolled"``: the inner loop is
@@ -48,7 +57,7 @@ import dataclasses
 import functools
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import chex
@@ -228,11 +237,21 @@ def sample_task(
 
 def sample_meta_batch(
     key: chex.PRNGKey, images: np.ndarray, labels: np.ndarray, num_classes: int,
-    config: MetaConfig,
+    config: MetaConfig, tasks: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """``tasks_per_step`` tasks stacked on a leading axis, with their real images gathered."""
-    tasks = [sample_task(jax.random.fold_in(key, i), labels, num_classes, config)
-             for i in range(config.tasks_per_step)]
+    """Tasks stacked on a leading axis, with their real images gathered (Alg. 1 l. 11-12).
+
+    Task ``j`` of the meta-batch is drawn from ``fold_in(key, j)`` alone, so any subset of the
+    ``tasks_per_step`` tasks can be drawn by itself: ``tasks`` lists the (global) indices to
+    draw, in the order they are stacked (default: all, ``0..tasks_per_step-1``). A process of
+    a multi-host run draws only its own devices' tasks (:func:`process_tasks`).
+    """
+    ids = range(config.tasks_per_step) if tasks is None else tasks
+    if not len(ids) or not all(0 <= int(j) < config.tasks_per_step for j in ids):
+        raise ValueError(f"tasks must be a non-empty subset of 0..{config.tasks_per_step - 1}, "
+                         f"got {list(ids)}")
+    tasks = [sample_task(jax.random.fold_in(key, int(j)), labels, num_classes, config)
+             for j in ids]
     batch = {k: np.stack([t[k] for t in tasks]) for k in tasks[0] if k != "t_idx"}
     batch["x_t"] = np.stack([images[t["t_idx"]] for t in tasks])
     return batch
@@ -311,8 +330,21 @@ def init_meta_state(params: Any, config: MetaConfig, mesh: Mesh) -> dict[str, An
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Place ``tree`` fully replicated on ``mesh`` (the meta state's sharding)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Place ``tree`` fully replicated on ``mesh`` (the meta state's sharding).
+
+    On a mesh over several processes each process places its own copy, which must be the
+    same everywhere (the meta state is: made from the run's key, or restored from one
+    checkpoint); ``jax.device_put`` would check that with one all-gather per leaf.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def place(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(place, tree)
 
 
 def task_mesh(devices: Any = None) -> Mesh:
@@ -347,7 +379,8 @@ def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh, 
     """Build the jitted meta step ``step(state, batch, keys) -> (state, metrics)``.
 
     ``batch`` is :func:`sample_meta_batch`'s output placed with :func:`shard_batch`;
-    ``keys`` are ``(tasks_per_step, 2)`` uint32 key data, one per task. The state is
+    ``keys`` are ``(tasks_per_step, 2)`` uint32 key data, one per task (host arrays with one
+    process; placed with :func:`shard_batch` too when the mesh spans processes). The state is
     replicated and donated; tasks are split over the mesh's ``"tasks"`` axis. The meta update
     (Alg. 1 l. 19) is Adam, β with cosine decay to ``η·β`` over ``steps``
     (:func:`mgdd_jax.optim.adam_cosine`). ``loop``: how the inner steps and a device's
@@ -402,15 +435,47 @@ def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh, 
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Place a host meta-batch on the mesh, tasks split over ``"tasks"``.
+def process_tasks(num_tasks: int, mesh: Mesh) -> np.ndarray:
+    """The global indices of the tasks held by this process's devices of ``mesh``, ascending.
 
-    Uses ``make_array_from_callback``, so on several hosts each process materialises only its
-    own devices' tasks (every process samples the same batch from the same key).
+    Tasks are split over the mesh's ``"tasks"`` axis (contiguous blocks, one per device), so
+    with one process this is ``0..num_tasks-1``, and with P processes on a mesh over
+    ``jax.devices()`` (process by process), process ``r`` holds tasks ``r·num_tasks/P`` to
+    ``(r+1)·num_tasks/P - 1``.
     """
     sharding = NamedSharding(mesh, PartitionSpec("tasks"))
-    return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
-            for k, v in batch.items()}
+    index = np.arange(num_tasks)
+    blocks = sharding.addressable_devices_indices_map((num_tasks,)).values()
+    return np.unique(np.concatenate([index[idx[0]] for idx in blocks]))
+
+
+def shard_batch(batch: Any, mesh: Mesh, num_tasks: int | None = None) -> Any:
+    """Place this process's tasks on the mesh as global arrays, tasks split over ``"tasks"``.
+
+    ``batch`` is a pytree of host arrays whose leading axis holds the tasks
+    :func:`process_tasks` names, in that order: with one process, the whole meta-batch (a
+    :func:`sample_meta_batch` dict, or the ``(tasks, 2)`` task keys). ``num_tasks`` is the
+    global meta-batch size (default: the leading axis, i.e. one process holds every task).
+    Each process passes only its own tasks, and ``make_array_from_callback`` assembles the
+    global arrays from them: no process samples, or holds, another process's tasks.
+    """
+    leaves = jax.tree.leaves(batch)
+    local = leaves[0].shape[0]
+    num_tasks = local if num_tasks is None else num_tasks
+    mine = process_tasks(num_tasks, mesh)
+    if any(np.shape(v)[0] != len(mine) for v in leaves):
+        raise ValueError(f"this process holds tasks {mine.tolist()} of {num_tasks}; got "
+                         f"leading axes {[np.shape(v)[0] for v in leaves]}")
+    row = {int(t): r for r, t in enumerate(mine)}
+    sharding = NamedSharding(mesh, PartitionSpec("tasks"))
+
+    def place(v):
+        def local_rows(idx):  # one of this process's devices: its block of global tasks
+            return v[[row[int(t)] for t in np.arange(num_tasks)[idx[0]]]]
+        return jax.make_array_from_callback((num_tasks, *np.shape(v)[1:]), sharding,
+                                            local_rows)
+
+    return jax.tree.map(lambda v: place(np.asarray(v)), batch)
 
 
 def task_keys(key: chex.PRNGKey, n: int) -> np.ndarray:
@@ -421,16 +486,20 @@ def task_keys(key: chex.PRNGKey, n: int) -> np.ndarray:
 # ------------------------------------------------------------------------------- host sampling
 def step_inputs(
     key: chex.PRNGKey, step: int, images: np.ndarray, labels: np.ndarray, num_classes: int,
-    config: MetaConfig,
+    config: MetaConfig, tasks: Sequence[int] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Step ``step``'s ``(meta-batch, task keys)``, both drawn from ``fold_in(key, step)``.
 
     A function of ``(key, step)`` only, so a resumed run continues the same stream and a
-    prefetched stream (:class:`Prefetcher`) is the direct one.
+    prefetched stream (:class:`Prefetcher`) is the direct one. ``tasks``: the global task
+    indices to draw (default all; a multi-host process passes :func:`process_tasks`); task
+    ``j``'s images and key are the same whichever subset it is drawn with, so P processes
+    drawing their own tasks give exactly the batch of one process drawing all of them.
     """
     k_batch, k_tasks = jax.random.split(jax.random.fold_in(key, step))
-    return (sample_meta_batch(k_batch, images, labels, num_classes, config),
-            task_keys(k_tasks, config.tasks_per_step))
+    keys = task_keys(k_tasks, config.tasks_per_step)
+    return (sample_meta_batch(k_batch, images, labels, num_classes, config, tasks),
+            keys if tasks is None else keys[np.asarray(tasks, int)])
 
 
 _DONE = object()

@@ -11,8 +11,9 @@ Alg. 2's), in two calls, validation separated from work::
 ``ConfigDict`` or nested dicts with the same keys): ``source``, ``data_dir``, ``image_size``,
 ``seed``, ``multihost``, ``progress``, ``max_seconds``, ``log_every``, ``checkpoint_every``,
 ``keep_checkpoints`` and the subtrees ``generator`` (:class:`GeneratorConfig` without
-``image_channels``, which comes from the data), ``feature`` (θ, θ*) and ``meta``
-(:class:`~mgdd_jax.meta.MetaConfig`).
+``image_channels``, which comes from the data), ``feature`` (θ, θ*), ``meta``
+(:class:`~mgdd_jax.meta.MetaConfig`) and ``distributed``
+(:class:`~mgdd_jax.multihost.MultihostConfig`, used with ``multihost``).
 
 The workdir holds ``config.json``, ``metrics.jsonl`` (one line per logged step),
 ``loss_curve.png``, ``run_until_step{N}.json`` (the run summary) and ``checkpoints/``
@@ -24,9 +25,18 @@ networks from ``fold_in(key, i)`` (:func:`mgdd_jax.meta.step_inputs`), so a resu
 continues the same random stream. A background thread (:class:`mgdd_jax.meta.Prefetcher`)
 samples and places step ``i+1``'s tasks while step ``i`` runs: the same batches in the same
 order, off the critical path. SIGTERM
-(preemption) saves the current step before returning. With ``multihost`` (one process per
-host), :func:`prepare` calls ``jax.distributed.initialize()`` and only process 0 writes the
-workdir's files (orbax coordinates the checkpoint writes of all processes).
+(preemption) saves the current step before returning.
+
+With ``multihost`` (one process per host, every one running the same command),
+:func:`prepare` joins the processes (:func:`mgdd_jax.multihost.initialize`: bounded waits,
+one-line errors) and each process draws only its own devices' tasks of every step (Alg. 1
+l. 11-12, :func:`mgdd_jax.meta.process_tasks`): the same batches, and updates, as one process
+with all the devices. The workdir is shared by all hosts; only process 0 writes its files
+(orbax coordinates the checkpoint writes of all processes). All processes resume from the
+same step, line up before their first step, and stop together: SIGTERM or ``max_seconds`` on
+any process stops all of them at the same step (:func:`mgdd_jax.multihost.any_process`). A
+process that dies ends the others (:class:`mgdd_jax.multihost.PeerLostError`, or jax's
+heartbeat check within ``distributed.heartbeat_timeout_s``); rerunning all of them resumes.
 """
 
 from __future__ import annotations
@@ -41,16 +51,17 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mgdd_jax import checkpoint, data, meta, outputs
+from mgdd_jax import checkpoint, data, meta, multihost, outputs
 from mgdd_jax.generator import GeneratorConfig, init_generator
 from mgdd_jax.progress import Progress, stage
 
 # The run config's top-level fields besides the ``generator``, ``feature`` and ``meta`` trees.
 RUN_FIELDS = ("source", "data_dir", "image_size", "seed", "multihost", "progress",
               "max_seconds", "log_every", "checkpoint_every", "keep_checkpoints")
-SUBTREES = ("generator", "feature", "meta")
+SUBTREES = ("generator", "feature", "meta", "distributed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,16 +187,29 @@ def check_resumable(directory: str, step: int, ckpt_meta: Mapping[str, Any]) -> 
         advice="Resume with the original config ({fix}) or use a new --workdir.")
 
 
+def _check_same_start(start: int, ckpt_dir: str) -> None:
+    """All processes resume from the same step (a barrier too: no process creates the
+    checkpoint directory in :func:`train` before every process has looked at it)."""
+    try:
+        multihost_utils.assert_equal(np.int32(start), "")
+    except AssertionError:
+        raise ValueError(
+            f"the processes see different latest checkpoints in {ckpt_dir} (this one: step "
+            f"{start}); the workdir must be one directory shared by all hosts (a shared "
+            "file system).") from None
+
+
 # ------------------------------------------------------------------------------ prepare
 def prepare(config: Mapping[str, Any], workdir: str, *, zca: bool = False,
             default_image_size: int = 0) -> Prepared:
     """Validate a meta-training run and load its data; no work, nothing written.
 
     Checks, in order: the config's fields and values; the workdir path; (``multihost``:
-    ``jax.distributed.initialize()``); the source (loads it; enough classes and images per
-    class for the tasks); the meta-batch against the devices; an existing checkpoint in the
-    workdir against this config (resume); that the workdir can be written (it is created,
-    empty, if missing: the only thing done to it).
+    joins the other processes, :func:`mgdd_jax.multihost.initialize`); the source (loads it;
+    enough classes and images per class for the tasks); the meta-batch against the devices
+    (of all processes); an existing checkpoint in the workdir against this config (resume;
+    several processes must see the same one); that the workdir can be written (it is
+    created, empty, if missing: the only thing done to it).
 
     Args:
       config: the run config (see the module docstring).
@@ -209,8 +233,9 @@ def prepare(config: Mapping[str, Any], workdir: str, *, zca: bool = False,
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"--workdir={workdir} exists and is a file; choose a directory path.")
 
-    if config["multihost"] and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+    dist = multihost.MultihostConfig.from_config(config["distributed"])
+    if config["multihost"]:
+        multihost.initialize(dist)
     source = config["source"]
     ds = data.load_dataset(source, data_dir=config["data_dir"] or None, zca=zca,
                            image_size=config["image_size"] or default_image_size or None)
@@ -223,6 +248,9 @@ def prepare(config: Mapping[str, Any], workdir: str, *, zca: bool = False,
         gcfg, {"kind": "meta", "source": source, "meta": mcfg.to_dict(), "seed": loop.seed})
     ckpt_dir = os.path.join(workdir, "checkpoints")
     start = checkpoint.latest_step(ckpt_dir) or 0
+    if jax.process_count() > 1:
+        multihost.barrier("prepared", dist.initialization_timeout_s)  # loading took long
+        _check_same_start(start, ckpt_dir)
     if start:
         check_resumable(ckpt_dir, start, ckpt_meta)
     workdir = outputs.check_writable_dir(workdir)
@@ -278,7 +306,9 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
         outputs.write_json(os.path.join(workdir, "config.json"), prep.config)
 
     k_init, k_steps = jax.random.split(jax.random.key(loop.seed))
-    params = init_generator(k_init, ds.image_shape, prep.gen_config)
+    # One compiled function instead of a compile per layer op (same values as eager).
+    params = jax.jit(init_generator, static_argnums=(1, 2))(k_init, ds.image_shape,
+                                                            prep.gen_config)
     state = meta.init_meta_state(params, mcfg, mesh)
     mngr = checkpoint.open_train_state_manager(
         prep.checkpoint_dir, save_interval_steps=loop.checkpoint_every,
@@ -311,16 +341,26 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     t_after_first = None
     last: dict[str, float] = {}
     step = done = start
+    preempted = False
+
+    tasks = meta.process_tasks(mcfg.tasks_per_step, mesh)  # this process's share (all: 1)
 
     def inputs_of_step(i):  # sampled and placed on the devices by the prefetch thread
         batch, keys = meta.step_inputs(k_steps, i, ds.x_train, ds.y_train, ds.num_classes,
-                                       mcfg)
-        return meta.shard_batch(batch, mesh), keys
+                                       mcfg, tasks)
+        return meta.shard_batch((batch, keys), mesh, mcfg.tasks_per_step)
 
     prefetch = meta.Prefetcher(inputs_of_step, start, end)
+    compiled = None
     try:
         for step, (batch, keys) in prefetch:
-            state, metrics = step_fn(state, batch, keys)
+            if compiled is None:
+                compiled = step_fn
+                if jax.process_count() > 1:  # compile, then start together
+                    compiled = step_fn.lower(state, batch, keys).compile()
+                    multihost.barrier("compiled", prep.config["distributed"][
+                        "initialization_timeout_s"])
+            state, metrics = compiled(state, batch, keys)
             done = step + 1
             if done % loop.log_every == 0 or done == end:
                 last = {k2: float(v) for k2, v in jax.device_get(metrics).items()}
@@ -336,16 +376,25 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
             if t_after_first is None:
                 jax.block_until_ready(state["step"])
                 t_after_first = time.perf_counter()
-            if stop["signal"] is not None:
-                stage(f"SIGTERM at step {done}: saving and exiting")
-                break
-            if loop.max_seconds and time.perf_counter() - t0 > loop.max_seconds:
-                stage(f"max_seconds={loop.max_seconds} reached at step {done}: saving, exiting")
+            timed_out = bool(loop.max_seconds) and time.perf_counter() - t0 > loop.max_seconds
+            if multihost.any_process(stop["signal"] is not None or timed_out):  # all or none
+                preempted = multihost.any_process(stop["signal"] is not None)
+                stage(f"{'SIGTERM' if preempted else f'max_seconds={loop.max_seconds}'} at "
+                      f"step {done}: saving and exiting")
                 break
         step = done
         if step not in mngr.all_steps():
             checkpoint.save_train_state(mngr, step, state, prep.checkpoint_meta, force=True)
         mngr.wait_until_finished()
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        raise multihost.PeerLostError(
+            f"process {jax.process_index()} of {jax.process_count()}: a step with the other "
+            f"processes failed after step {done} ({multihost.first_line(e)}); another process "
+            "most likely died (see its log). Start all of them again with the same command: "
+            "they resume from the latest checkpoint in "
+            f"{prep.checkpoint_dir}.") from e
     finally:
         prefetch.close()
         signal.signal(signal.SIGTERM, previous)
@@ -354,8 +403,9 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     n = step - start
     per_step = ((time.perf_counter() - t_after_first) / (n - 1)) if n > 1 else seconds
     result = {"step": step, "seconds": seconds, "seconds_per_step": per_step,
-              "last_metrics": last, "preempted": stop["signal"] is not None,
-              "device": str(jax.devices()[0]), "num_devices": jax.device_count()}
+              "last_metrics": last, "preempted": preempted,
+              "device": str(jax.devices()[0]), "num_devices": jax.device_count(),
+              "num_processes": jax.process_count()}
     if main:
         rows = outputs.read_jsonl(metrics_path)
         if rows:

@@ -34,7 +34,13 @@ def base_config(source: str) -> ml_collections.ConfigDict:
     c.data_dir = ""
     c.image_size = 0  # 0: the source's own size
     c.seed = 0
-    c.multihost = False
+    c.multihost = False  # one process per host, joined as `distributed` says (README)
+    # jax.distributed.initialize's arguments (mgdd_jax.multihost.MultihostConfig); "", 0 and
+    # -1 are detected on SLURM, Open MPI and Cloud TPU pods. The timeouts bound every wait:
+    # for the other processes to join, for a silent (dead) process, at exit.
+    c.distributed = ml_collections.ConfigDict(dict(
+        coordinator_address="", num_processes=0, process_id=-1, initialization_timeout_s=300,
+        heartbeat_timeout_s=100, shutdown_timeout_s=300))
     c.progress = True
     c.max_seconds = 0  # stop (with a checkpoint) after this many seconds of this run; 0: off
     c.log_every = 10
