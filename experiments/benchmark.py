@@ -21,13 +21,13 @@ cost of a new IPC), ``benchmark_curves.png`` (accuracy against steps and against
 Fig. 4 / Fig. 9 style) and ``benchmark_samples_ipc<K>.png`` (the final set of each method). The
 ``paper`` and ``smoke`` variants write ``benchmark_paper.*`` / ``benchmark_smoke.*``.
 
-Resumable and progressive: every finished (method, IPC) is appended to a journal in ``--out``
-(``.benchmark*.journal.jsonl``, with the config it was made with) and the files are rewritten
-from it (``"complete": false`` and the ``pending`` runs in the JSON, "partial" in the
-Markdown), so a long run shows its results as they come. Running the same command again
-skips what the journal holds (``--ipc`` and ``--methods`` may differ, e.g. to add IPC 50
-later); a journal from another config is refused (pass ``--overwrite`` to start again).
-Complete results are refused unless ``--overwrite``.
+Resumable and progressive: the files are rewritten after every finished (method, IPC)
+(``"complete": false`` and the ``pending`` runs in the JSON, "partial" in the Markdown), so a
+long run shows its results as they come, and the JSON (which holds its config) is the record
+a later run resumes from: running the same command again skips the (method, IPC) runs it
+holds. ``--ipc`` and ``--methods`` may differ, e.g. ``--ipc=1,10,50`` after a ``--ipc=1``
+run adds IPC 10 and 50 to it. Results made with another config are refused (pass
+``--overwrite`` to start again).
 """
 
 from __future__ import annotations
@@ -107,9 +107,6 @@ class Prepared:
     def path(self, suffix: str) -> str:
         return os.path.join(self.out, self.stem + suffix)
 
-    @property
-    def journal(self) -> str:
-        return os.path.join(self.out, f".{self.stem}.journal.jsonl")
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
@@ -140,8 +137,9 @@ def _slug(name: str) -> str:
 
 
 def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """What a journal entry must share with this run to be reused (not out / overwrite)."""
-    d = json.loads(config.to_json())
+    """What earlier results must share with this run to be reused (not out, overwrite, and
+    the lists of methods and IPCs)."""
+    d = json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
     for k in ("out", "overwrite", "methods", "ipc"):
         d.pop(k, None)
     return d
@@ -158,13 +156,8 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     sources.resolve_source(config.dataset)  # unknown names fail here, before loading
     out = os.path.abspath(config.out or os.path.join("results", _slug(config.dataset)))
     stem = "benchmark" if config.variant == "cpu" else f"benchmark_{config.variant}"
-    prep_paths = [os.path.join(out, stem + s) for s in (".json", ".md", "_curves.png")]
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out={out} exists and is a file; choose a directory path.")
-    resuming = os.path.exists(os.path.join(out, f".{stem}.journal.jsonl"))
-    if not config.overwrite and not resuming and any(os.path.exists(p) for p in prep_paths):
-        raise ValueError(f"{prep_paths[0]} already exists; pass --overwrite to replace it, or "
-                         "choose another --out.")
     parent = out if os.path.isdir(out) else os.path.dirname(out)
     while not os.path.isdir(parent):
         parent = os.path.dirname(parent)
@@ -181,42 +174,39 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     for k in ipcs:
         data.check_per_class(ds, k, what="IPC")
     prep = Prepared(config, out, stem, methods, ipcs, steps, ds, protocol)
-    _read_journal(prep)  # a journal of another config is refused here, before any work
+    _previous_runs(prep)  # results of another config are refused here, before any work
     return prep
 
 
-def _read_journal(prep: Prepared) -> list[dict[str, Any]]:
-    """Entries of an earlier run with this config (refuses a journal from another config)."""
-    if not os.path.exists(prep.journal):
+def _previous_runs(prep: Prepared) -> list[dict[str, Any]]:
+    """The runs of earlier results in ``--out`` made with this config ([] with --overwrite)."""
+    path = prep.path(".json")
+    if prep.config.overwrite or not os.path.exists(path):
         return []
-    if prep.config.overwrite:
-        return []
-    rows = outputs.read_jsonl(prep.journal)
-    want = _fingerprint(prep.config)
-    if not rows or rows[0].get("fingerprint") != json.loads(json.dumps(want)):
-        raise ValueError(f"{prep.journal} holds a run with another config; pass --overwrite "
-                         "to start again, or rerun with that run's flags to resume it")
-    return rows[1:]
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+        same = _fingerprint(previous["config"]) == _fingerprint(prep.config)
+    except (OSError, ValueError, KeyError, TypeError):
+        same = False
+    if not same:
+        raise ValueError(f"{path} holds results made with another config; pass --overwrite to "
+                         "replace them, choose another --out, or rerun with that run's flags")
+    return previous["runs"]
 
 
 def run(prep: Prepared) -> dict[str, Any]:
-    """Every (IPC, method) not in the journal, then the summary and files; returns the JSON."""
+    """Every (IPC, method) not in earlier results, then the summary and files; returns the JSON."""
     config, ds, protocol = prep.config, prep.dataset, prep.protocol
-    done = _read_journal(prep)
-    if config.overwrite and os.path.exists(prep.journal):
-        os.remove(prep.journal)
-    if not os.path.exists(prep.journal):
-        os.makedirs(prep.out, exist_ok=True)
-        outputs.append_jsonl(prep.journal, {"fingerprint": _fingerprint(config)})
-    have = {(r["method"], r["ipc"]) for r in done}
+    runs = _previous_runs(prep)
+    have = {(r["method"], r["ipc"]) for r in runs}
     key = jax.random.key(config.seed)
     k_eval = api.job_keys(key)["eval"]
-    runs = [e for r in done for e in r["entries"]]
     t_all = time.perf_counter()
     for ipc in prep.ipcs:
         for method in prep.methods:
             if (method, ipc) in have:
-                stage(f"{method} IPC {ipc}: from the journal")
+                stage(f"{method} IPC {ipc}: from the earlier results")
                 continue
             stage(f"{method} IPC {ipc}: running to step {prep.snapshot_steps[-1]}")
             load_before = os.getloadavg()[0]
@@ -232,18 +222,16 @@ def run(prep: Prepared) -> dict[str, Any]:
                 entries.append({"method": method, "ipc": ipc, "steps": s.steps,
                                 "seconds": s.seconds, "acc_mean": res["mean"],
                                 "acc_std": res["std"], "per_seed": res["per_seed"],
-                                "timing": s.timing, "load_average_before_after": load})
+                                "timing": s.timing, "load_average_before_after": load,
+                                "eval_seconds_of_run": eval_s})
                 stage(f"  {method} IPC {ipc} step {s.steps}: {100 * res['mean']:.2f} ± "
                       f"{100 * res['std']:.2f}% at {s.seconds:.1f}s")
-            outputs.append_jsonl(prep.journal, {"method": method, "ipc": ipc,
-                                                "entries": entries, "eval_seconds": eval_s})
             runs.extend(entries)
             last = snaps[-1]
             outputs.write_npz(_set_path(prep, method, ipc), images=last.x, labels=last.y,
                               steps=np.int64(last.steps))
             _write_outputs(prep, runs, time.perf_counter() - t_all, complete=False)
     result = _write_outputs(prep, runs, time.perf_counter() - t_all, complete=True)
-    os.remove(prep.journal)
     print(markdown(result), file=sys.stderr)
     return result
 
@@ -257,7 +245,7 @@ def _write_outputs(prep: Prepared, runs: list[dict[str, Any]], seconds: float, *
     methods = list(prep.methods) + sorted({r["method"] for r in runs} - set(prep.methods))
     done = {(r["method"], r["ipc"]) for r in runs}
     result = {
-        "dataset": config.dataset, "variant": config.variant, "complete": complete,
+        "dataset": config.dataset, "variant": config.variant,
         "pending": [[m, k] for k in ipcs for m in methods if (m, k) not in done],
         "methods": methods, "ipcs": ipcs,
         "snapshot_steps": list(prep.snapshot_steps), "eval_protocol": prep.protocol.to_dict(),
@@ -265,6 +253,7 @@ def _write_outputs(prep: Prepared, runs: list[dict[str, Any]], seconds: float, *
         "runs": runs, "summary": summarise(runs, prep.snapshot_steps[-1], config.dataset),
         "seconds_this_invocation": seconds,
     }
+    result["complete"] = complete and not result["pending"]
     plot_curves(result, prep.path("_curves.png"))
     for ipc in ipcs:
         plot_samples(prep, methods, ipc, prep.path(f"_samples_ipc{ipc}.png"))
@@ -374,8 +363,9 @@ def markdown(result: dict[str, Any]) -> str:
                 cell += f" ({a['paper']:.1f})"
             cells.append(cell)
         lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(cells) + " |")
-    lines += ["", "Wall time (s) of each method at its last snapshot, same machine, same run: "
-              "label solve / distillation or adaptation / generation (total).", "",
+    lines += ["", "Wall time of each method at its last snapshot, same machine, same run: "
+              "label solve (s) / distillation or adaptation (s) / generation (ms), and the "
+              "total (s), evaluation excluded.", "",
               "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " |",
               "|---|" + "---|" * len(ipcs)]
     for m in methods:
@@ -385,9 +375,8 @@ def markdown(result: dict[str, Any]) -> str:
             if t is None:
                 cells.append("–")
                 continue
-            parts = "/".join(f"{t.get(p, 0.0):.1f}" for p in ("label_solve_s", "distill_s",
-                                                                "generation_s"))
-            cells.append(f"{parts} ({t['seconds']:.1f})")
+            cells.append(f"{t.get('label_solve_s', 0.0):.1f} / {t.get('distill_s', 0.0):.1f} / "
+                         f"{1e3 * t.get('generation_s', 0.0):.1f} ms ({t['seconds']:.1f})")
         lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(cells) + " |")
     if s["time_to_accuracy"]:
         lines += ["", "Time to reach FRePo's last-snapshot accuracy (s; steps):", "",
@@ -463,10 +452,16 @@ def plot_samples(prep: Prepared, methods: Sequence[str], ipc: int, path: str,
         x = np.asarray(shown(x[order]), np.float32)
         lo, hi = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
         x = (x - lo) / np.maximum(hi - lo, 1e-8)
-        panels.append((m, steps, outputs.image_grid(x, min(ipc, per_class))))
+        per_row = ds.num_classes if ipc == 1 else min(ipc, per_class)  # IPC 1: classes in a row
+        panels.append((m, steps, outputs.image_grid(x, per_row)))
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.0), squeeze=False)
+    if ipc == 1:  # one wide row per method
+        fig, axes = plt.subplots(len(panels), 1, figsize=(6.0, 1.0 * len(panels)), squeeze=False)
+        axes = axes.T
+    else:
+        fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.0),
+                                 squeeze=False)
     for ax, (m, steps, grid) in zip(axes[0], panels):
         ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray")
         ax.set_title(f"{METHOD_LABELS.get(m, m)}\nstep {steps}", fontsize=8)
@@ -484,7 +479,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         run(prep)
     except FloatingPointError as e:  # a NaN loss mid-run: one line; finished runs are kept
-        print(f"error: {e} The (method, IPC) runs finished so far are kept in {prep.journal}; "
+        print(f"error: {e} The (method, IPC) runs finished so far are in {prep.path('.json')}; "
               "the same command resumes after them.", file=sys.stderr)
         sys.exit(1)
 

@@ -119,11 +119,12 @@ def test_one_compatibility_check_names_fields():
 
 # ------------------------------------------------------------------------------ the loop
 def test_sigterm_then_resume_equals_straight_run(tmp_path):
-    total = 300
+    total, every = 300, 50  # few checkpoints: orbax saves dominate a smoke step otherwise
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "experiments.meta_train",
            "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
-           f"--config.meta.steps={total}", f"--workdir={killed}"]
+           f"--config.meta.steps={total}", f"--config.checkpoint_every={every}",
+           f"--workdir={killed}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 300
@@ -138,10 +139,12 @@ def test_sigterm_then_resume_equals_straight_run(tmp_path):
     k, _, _ = _final_params(killed)
     assert 0 < k < total, f"the run was not interrupted (stopped at {k})"
 
-    resumed = _run(_smoke_config(total), killed)
+    config = _smoke_config(total)
+    config.checkpoint_every = every
+    resumed = _run(config, killed)
     assert resumed["step"] == total
     straight_dir = tmp_path / "straight"
-    _run(_smoke_config(total), straight_dir)
+    _run(config, straight_dir)
     _, p_resumed, _ = _final_params(killed)
     _, p_straight, m = _final_params(straight_dir)
     for a, b in zip(jax.tree.leaves(p_resumed), jax.tree.leaves(p_straight)):
