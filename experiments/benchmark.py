@@ -47,7 +47,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import cli
+from experiments import cli, distill
 from experiments.configs.datasets import settings_for
 from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import api, baselines, data, evaluation, outputs
@@ -83,12 +83,7 @@ def define_flags() -> None:
 
 
 def config_from_flags() -> ml_collections.ConfigDict:
-    config = flags.FLAGS.config
-    for flag, path in SHORTHANDS:
-        value = flags.FLAGS[flag].value
-        if value is not None:
-            setattr(config, path, value)
-    return config
+    return cli.apply_shorthands(flags.FLAGS.config, SHORTHANDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,11 +157,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     while not os.path.isdir(parent):
         parent = os.path.dirname(parent)
     outputs.check_writable_dir(parent)
-    evaluation_protocol = evaluation.get_protocol(config.eval.protocol, config.dataset)
-    changes: dict[str, Any] = {"num_seeds": config.eval.num_seeds}
-    if config.eval.steps:
-        changes["steps"] = config.eval.steps
-    protocol = dataclasses.replace(evaluation_protocol, **changes)
+    protocol = distill.eval_protocol(config, config.dataset)
     row = settings_for(config.dataset)
     stage(f"loading {config.dataset} (ZCA={row['zca']})")
     ds = data.load_dataset(config.dataset, data_dir=config.data_dir or None, zca=row["zca"],

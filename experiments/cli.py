@@ -39,6 +39,24 @@ def exit_on_failed_run(out: str) -> Iterator[None]:
         sys.exit(1)
 
 
+def apply_shorthands(config: Any, shorthands: tuple[tuple[str, str], ...]) -> Any:
+    """Set each ``(flag, config.path)`` shorthand flag that was given on the locked ``config``.
+
+    The config stays locked, so a shorthand can only set a field that exists, with its type.
+    """
+    from absl import flags
+
+    for flag, path in shorthands:
+        value = flags.FLAGS[flag].value
+        if value is not None:
+            *parents, last = path.split(".")
+            node = config
+            for part in parents:
+                node = node[part]
+            setattr(node, last, value)
+    return config
+
+
 def quiet_library_logs() -> None:
     """Keep the launchers' output to their own stage and progress lines.
 

@@ -76,16 +76,7 @@ def config_from_flags() -> ml_collections.ConfigDict:
 
     The config stays locked, so a shorthand can only set a field that exists, with its type.
     """
-    config = flags.FLAGS.config
-    for flag, path in SHORTHANDS:
-        value = flags.FLAGS[flag].value
-        if value is not None:
-            *parents, last = path.split(".")
-            node = config
-            for part in parents:
-                node = node[part]
-            setattr(node, last, value)
-    return config
+    return cli.apply_shorthands(flags.FLAGS.config, SHORTHANDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +91,9 @@ class Prepared:
     protocol: evaluation.EvalProtocol
 
 
-def _protocol(config: ml_collections.ConfigDict, dataset: str) -> evaluation.EvalProtocol:
+def eval_protocol(config: ml_collections.ConfigDict, dataset: str) -> evaluation.EvalProtocol:
+    """``config.eval``'s protocol for ``dataset`` (flips by the per-dataset table), with the
+    config's number of seeds and, if set, steps."""
     protocol = evaluation.get_protocol(config.eval.protocol, dataset)
     changes: dict[str, Any] = {"num_seeds": config.eval.num_seeds}
     if config.eval.steps:
@@ -119,7 +112,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     sources.resolve_source(config.dataset)  # unknown dataset names fail here
     out = outputs.check_output_dir(config.out, overwrite=config.overwrite)
     fit_config = api.FitConfig.from_config(config, ipcs, config.meta_checkpoint)
-    protocol = _protocol(config, config.dataset)
+    protocol = eval_protocol(config, config.dataset)
     row = settings_for(config.dataset)
     stage(f"loading {config.dataset} (ZCA={row['zca']})")
     ds = data.load_dataset(config.dataset, data_dir=config.data_dir or None, zca=row["zca"],
