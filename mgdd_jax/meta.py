@@ -9,9 +9,22 @@ One meta step, for each task of the meta-batch:
   set X_s drawn from 𝒯 at its own size, labels ``Y_s* = f_θ(X_s) W_t`` (Eq. 3), a fresh θ* and
   the Eq. 1 loss (lines 13-16);
 * the meta-test loss at yet another size (line 17), differentiated through the whole inner
-  loop (second order; ``first_order=True`` stops the gradient through the inner gradients);
+  loop (second order; ``order="first"`` stops the gradient through the inner gradients,
+  ``order="reptile"`` takes ``ω - ω'`` as the meta-gradient);
 
 then the meta-gradients of the tasks are averaged and ω takes an Adam step (lr β, cosine).
+
+**Making adaptation short** (the choices beyond Alg. 1 as written, each one config switch):
+``inner_opt="adam"`` adapts inside the inner loop with the update adaptation uses (Adam at
+adaptation's learning rate, differentiated through), so the inner loop moves ω' as far as T
+adaptation steps do, and every layer at once (SGD at α = 1e-4 moves a generator whose last
+conv starts at zero ~1e-4 in total, which makes the meta-gradient blind to adaptation);
+``support="disjoint"`` draws the initial images from outside the real batch, so the task is
+not rewarded for copying its supports; ``fixed_init`` keeps one initial set through the inner
+loop and the meta-test, as single-initialisation adaptation does; ``tasks_per_step`` averages
+many tasks (the step logs ``grad_agreement``, the mean pairwise cosine of their
+meta-gradients, and ``inner_displacement``, ‖ω' - ω‖).
+:mod:`mgdd_jax.meta_val` scores a run on a fixed validation bank.
 
 **Varying sizes without recompiling.** Every size is padded to ``max_synthetic`` rows with
 a 0/1 mask, and the label dimension to ``max_classes`` columns (a padded class has all-zero
@@ -72,6 +85,20 @@ from mgdd_jax.generator import GeneratorConfig
 from mgdd_jax.rng import numpy_rng
 
 
+ORDERS: tuple[str, ...] = ("second", "first", "reptile")
+INNER_OPTS: tuple[str, ...] = ("sgd", "adam")
+SUPPORTS: tuple[str, ...] = ("in_batch", "disjoint")
+# Adam's eps inside the square root of the inner update: without it the derivative of
+# sqrt(v) at v = 0 (a parameter whose gradient is exactly 0, e.g. a bias before a norm) is
+# inf·0 = NaN in second-order MAML. optax's documented switch for differentiating through Adam.
+INNER_ADAM_EPS_ROOT = 1e-16
+
+
+# What runs made before those fields existed did (MetaConfig.from_dict).
+LEGACY_FIELDS: dict[str, Any] = {"inner_opt": "sgd", "inner_b1": 0.9, "inner_b2": 0.999,
+                                 "support": "in_batch", "fixed_init": False}
+
+
 @dataclasses.dataclass(frozen=True)
 class MetaConfig:
     """Hyper-parameters of Alg. 1 (the paper's Tab. 7, meta-learning stage).
@@ -90,7 +117,22 @@ class MetaConfig:
       min_classes, max_classes: the class subset's size range.
       num_real: n_t, real images per task.
       min_synthetic, max_synthetic: synthetic-set size range (all classes together).
-      first_order: drop second-order terms (stop-gradient through the inner gradients).
+      order: how the meta-gradient is formed (:data:`ORDERS`): ``"second"`` differentiates
+        the meta-test loss through the whole inner loop (MAML); ``"first"`` stops the
+        gradient through the inner gradients (first-order MAML: the meta-test gradient at
+        ω'); ``"reptile"`` uses ``ω - ω'`` (Reptile; the meta-test loss is only logged).
+      inner_opt: the inner update (:data:`INNER_OPTS`): ``"sgd"`` (ω' ← ω' - α g, Alg. 1
+        l. 16) or ``"adam"`` (Adam at α from a fresh state, differentiated through: the
+        update adaptation makes, Alg. 2 l. 12, so α = adaptation's learning rate moves ω' as
+        far per step as adaptation does).
+      inner_b1, inner_b2: the inner Adam's moments (``inner_opt="adam"``).
+      support: where each initial set's images come from (:data:`SUPPORTS`):
+        ``"in_batch"`` rows of the task's real batch 𝒯 (Alg. 1 as written: on average some
+        targets are the supports themselves), ``"disjoint"`` images of the same classes
+        outside 𝒯.
+      fixed_init: one initial set (one size) for every inner step and the meta-test, as
+        single-initialisation adaptation uses the generator; False: a new set and size per
+        step (Alg. 1, multi-initialisation).
       reg: relative ridge of Eq. 1 and Eq. 3.
       feature: architecture of θ and θ*.
       tasks_per_step: tasks in one meta-batch (sharded over devices; a multiple of them).
@@ -109,7 +151,12 @@ class MetaConfig:
     num_real: int
     min_synthetic: int
     max_synthetic: int
-    first_order: bool
+    order: str
+    inner_opt: str
+    inner_b1: float
+    inner_b2: float
+    support: str
+    fixed_init: bool
     reg: float
     feature: nets.ConvNetConfig
     tasks_per_step: int
@@ -140,14 +187,29 @@ class MetaConfig:
             raise ValueError(f"Adam's b1 and b2 must be in [0, 1), got {self.b1}, {self.b2}")
         if self.scan_unroll < 1:
             raise ValueError(f"scan_unroll must be >= 1, got {self.scan_unroll}")
+        for field, allowed in (("order", ORDERS), ("inner_opt", INNER_OPTS),
+                               ("support", SUPPORTS)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"meta.{field} must be one of {allowed}, got "
+                                 f"{getattr(self, field)!r}")
+        if not (0 <= self.inner_b1 < 1 and 0 <= self.inner_b2 < 1):
+            raise ValueError(f"inner Adam's b1 and b2 must be in [0, 1), got {self.inner_b1}, "
+                             f"{self.inner_b2}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MetaConfig:
+        """From :meth:`to_dict`'s output, also as stored by checkpoints that predate the
+        ``order``/``inner_opt``/``support``/``fixed_init`` fields (their runs were Alg. 1 as
+        written: SGD inner steps, supports from the real batch, a new set per step)."""
         d = dict(d)
         d["feature"] = nets.ConvNetConfig(**d["feature"])
+        if "first_order" in d:
+            d["order"] = "first" if d.pop("first_order") else "second"
+            for k, v in LEGACY_FIELDS.items():
+                d.setdefault(k, v)
         return cls(**d)
 
     @classmethod
@@ -182,6 +244,8 @@ def check_source(labels: np.ndarray, num_classes: int, config: MetaConfig) -> No
             f"{config.min_classes}; lower meta.min_classes or use a source with more classes"
         )
     need = -(-config.num_real // min(config.min_classes, num_classes))
+    if config.support == "disjoint":  # and at least one support per class outside 𝒯
+        need += 1
     if counts.min() < need:
         raise ValueError(
             f"a task of {config.min_classes} classes and num_real={config.num_real} needs "
@@ -198,9 +262,13 @@ def sample_task(
     Returns a dict of fixed-shape arrays (host side):
       ``t_idx`` ``(n_t,)`` indices of the real batch into the source;
       ``y_t`` ``(n_t, max_classes)`` centred one-hot over the task's classes (padded columns 0);
-      ``s_idx`` ``(T+1, max_synthetic)`` rows of the real batch initialising each X_s;
+      ``s_idx`` ``(T+1, max_synthetic)`` rows of the support pool initialising each X_s: the
+        real batch (``support="in_batch"``) or ``u_idx``'s images (``"disjoint"``);
       ``s_mask`` ``(T+1, max_synthetic)`` 1 for real rows, 0 for padding;
-      ``ipc`` ``(T+1,)`` images per class of each synthetic set (size-embedding input).
+      ``ipc`` ``(T+1,)`` images per class of each synthetic set (size-embedding input);
+      ``u_idx`` ``(max_synthetic,)`` (``"disjoint"`` only) indices into the source of the
+        support pool: images of the task's classes that are not in the real batch.
+    With ``fixed_init`` the T+1 rows of ``s_idx``, ``s_mask`` and ``ipc`` are one set.
     """
     rng = numpy_rng(key)
     cfg = config
@@ -208,31 +276,51 @@ def sample_task(
     classes = np.sort(rng.choice(num_classes, size=c, replace=False))
     per_class = np.full(c, cfg.num_real // c)
     per_class[rng.choice(c, size=cfg.num_real % c, replace=False)] += 1
-    t_idx, pos = [], []
+    disjoint = cfg.support == "disjoint"
+    cap = max(1, cfg.max_synthetic // c)  # supports per class the padded set can hold
+    t_idx, pos, extra = [], [], []
     for j, cls in enumerate(classes):
         members = np.flatnonzero(labels == cls)
-        t_idx.append(rng.choice(members, size=per_class[j], replace=False))
+        if disjoint:  # the real batch and the support pool from one draw: never overlapping
+            picked = rng.choice(members, size=min(len(members), per_class[j] + cap),
+                                replace=False)
+            t_idx.append(picked[: per_class[j]])
+            extra.append(picked[per_class[j]:])
+        else:
+            t_idx.append(rng.choice(members, size=per_class[j], replace=False))
         pos.append(np.full(per_class[j], j))
     t_idx, pos = np.concatenate(t_idx), np.concatenate(pos)
     y_t = np.zeros((cfg.num_real, cfg.max_classes), np.float32)
     y_t[np.arange(cfg.num_real), pos] = 1.0
     y_t[:, :c] -= 1.0 / c
 
-    rows_of = [np.flatnonzero(pos == j) for j in range(c)]
     lo = max(1, -(-cfg.min_synthetic // c))
-    hi = max(lo, min(cfg.max_synthetic // c, int(per_class.min())))
+    out: dict[str, np.ndarray] = {}
+    if disjoint:
+        avail = min(len(e) for e in extra)
+        hi = max(lo, min(cap, avail))
+        u_idx = np.zeros((cfg.max_synthetic,), np.int32)
+        pool = np.concatenate([e[:avail] for e in extra])[: cfg.max_synthetic]
+        u_idx[: len(pool)] = pool
+        rows_of = [np.arange(j * avail, (j + 1) * avail) for j in range(c)]
+        out["u_idx"] = u_idx
+    else:
+        rows_of = [np.flatnonzero(pos == j) for j in range(c)]
+        hi = max(lo, min(cfg.max_synthetic // c, int(per_class.min())))
     s_idx = np.zeros((cfg.inner_steps + 1, cfg.max_synthetic), np.int32)
     s_mask = np.zeros((cfg.inner_steps + 1, cfg.max_synthetic), np.float32)
     ipcs = np.zeros((cfg.inner_steps + 1,), np.float32)
-    for i in range(cfg.inner_steps + 1):
+    for i in range(1 if cfg.fixed_init else cfg.inner_steps + 1):
         ipc = int(rng.integers(lo, hi + 1))
         chosen = np.concatenate([rng.choice(r, size=ipc, replace=False) for r in rows_of])
         chosen = chosen[: cfg.max_synthetic]
         s_idx[i, : len(chosen)] = chosen
         s_mask[i, : len(chosen)] = 1.0
         ipcs[i] = ipc
+    if cfg.fixed_init:
+        s_idx[1:], s_mask[1:], ipcs[1:] = s_idx[0], s_mask[0], ipcs[0]
     return {"t_idx": t_idx.astype(np.int32), "y_t": y_t, "s_idx": s_idx, "s_mask": s_mask,
-            "ipc": ipcs}
+            "ipc": ipcs, **out}
 
 
 def sample_meta_batch(
@@ -252,12 +340,27 @@ def sample_meta_batch(
                          f"got {list(ids)}")
     tasks = [sample_task(jax.random.fold_in(key, int(j)), labels, num_classes, config)
              for j in ids]
-    batch = {k: np.stack([t[k] for t in tasks]) for k in tasks[0] if k != "t_idx"}
+    batch = {k: np.stack([t[k] for t in tasks]) for k in tasks[0]
+             if k not in ("t_idx", "u_idx")}
     batch["x_t"] = np.stack([images[t["t_idx"]] for t in tasks])
+    if "u_idx" in tasks[0]:  # support="disjoint": the support pool's images
+        batch["x_u"] = np.stack([images[t["u_idx"]] for t in tasks])
     return batch
 
 
 # ------------------------------------------------------------------------------- the MAML loss
+def inner_optimizer(config: MetaConfig) -> optax.GradientTransformation:
+    """The inner update of Alg. 1 l. 16: SGD at α, or Adam at α (``config.inner_opt``).
+
+    Both are optax transforms, differentiable in their inputs, so second-order MAML
+    differentiates through Adam's normalisation too (with :data:`INNER_ADAM_EPS_ROOT`).
+    """
+    if config.inner_opt == "adam":
+        return optax.adam(config.inner_lr, b1=config.inner_b1, b2=config.inner_b2,
+                          eps_root=INNER_ADAM_EPS_ROOT)
+    return optax.sgd(config.inner_lr)
+
+
 def task_meta_loss(
     params: Any,
     task: dict[str, jax.Array],
@@ -266,53 +369,85 @@ def task_meta_loss(
     gen_config: GeneratorConfig,
     config: MetaConfig,
     unroll: int | bool | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """Alg. 1 lines 10-17 for one task: ``(meta-test loss, inner losses (T,))``.
+) -> tuple[jax.Array, dict[str, Any]]:
+    """Alg. 1 lines 10-17 for one task: ``(meta-test loss, aux)``.
 
-    ``unroll``: of the inner ``lax.scan`` (``None``: ``config.scan_unroll``); ``True``: a
-    Python loop instead, so no XLA while loop (see the module docstring's *Loops*). It
-    changes speed and compile time only.
+    ``aux`` holds ``"inner"`` (the T inner losses) and ``"adapted"`` (ω' after the inner
+    loop, for Reptile and the displacement metric). ``unroll``: of the inner ``lax.scan``
+    (``None``: ``config.scan_unroll``); ``True``: a Python loop instead, so no XLA while loop
+    (see the module docstring's *Loops*). It changes speed and compile time only.
 
     Each inner step and the meta-test use the one generator objective
     (:func:`mgdd_jax.objective.generator_krr_loss`, masked to the padded set's real rows) with
-    Eq. 3 labels (:func:`mgdd_jax.objective.eq3_labels`). Differentiable in ``params`` through
-    the whole inner loop (second order unless ``config.first_order``).
+    Eq. 3 labels (:func:`mgdd_jax.objective.eq3_labels`); the initial sets come from the
+    task's support pool (its real batch, or images outside it with ``support="disjoint"``).
+    The inner update is :func:`inner_optimizer`'s from a fresh state. Differentiable in
+    ``params`` through the whole inner loop; ``order="first"`` or ``"reptile"`` stop the
+    gradient through the inner gradients.
     """
     cfg = config
     feature = cfg.feature
     task = jax.tree.map(jnp.asarray, task)
     x_t, y_t = task["x_t"], task["y_t"]
+    pool = task.get("x_u", x_t)
     k_theta, k_steps = jax.random.split(key)
     theta = nets.init_feature_params(k_theta, x_t.shape[1:], feature)
     w_t = krr.target_weights(nets.conv_features(theta, x_t, feature), y_t, cfg.reg)  # Eq. 3
 
     def loss_at(p, i, k):  # GetTrainingLoss (Alg. 1 lines 1-7) for the i-th initial set
-        x_s = x_t[task["s_idx"][i]]
+        x_s = pool[task["s_idx"][i]]
         y_s = objective.eq3_labels(theta, w_t, x_s, feature)
         return objective.generator_krr_loss(
             p, x_s, y_s, x_t, y_t, task["ipc"][i], k, gen_config=gen_config, feature=feature,
             reg=cfg.reg, support_mask=task["s_mask"][i])
 
     keys = jax.random.split(k_steps, cfg.inner_steps + 1)
+    opt = inner_optimizer(cfg)
 
-    def inner(p, inputs):
+    def inner(carry, inputs):
+        p, opt_state = carry
         i, k = inputs
         loss, g = jax.value_and_grad(loss_at)(p, i, k)
-        if cfg.first_order:
+        if cfg.order != "second":
             g = jax.lax.stop_gradient(g)
-        return jax.tree.map(lambda a, b: a - cfg.inner_lr * b, p, g), loss
+        updates, opt_state = opt.update(g, opt_state, p)
+        return (optax.apply_updates(p, updates), opt_state), loss
 
+    carry = (params, opt.init(params))
     if unroll is True:  # a Python loop: no XLA while loop for any T (scan's T=1 keeps one)
-        adapted, losses = params, []
+        losses = []
         for i in range(cfg.inner_steps):
-            adapted, loss = inner(adapted, (i, keys[i]))
+            carry, loss = inner(carry, (i, keys[i]))
             losses.append(loss)
         inner_losses = jnp.stack(losses)
     else:
-        adapted, inner_losses = jax.lax.scan(
-            inner, params, (jnp.arange(cfg.inner_steps), keys[:-1]),
+        carry, inner_losses = jax.lax.scan(
+            inner, carry, (jnp.arange(cfg.inner_steps), keys[:-1]),
             unroll=cfg.scan_unroll if unroll is None else unroll)
-    return loss_at(adapted, cfg.inner_steps, keys[-1]), inner_losses
+    adapted = carry[0]
+    return loss_at(adapted, cfg.inner_steps, keys[-1]), {"inner": inner_losses,
+                                                          "adapted": adapted}
+
+
+def task_meta_gradient(
+    params: Any, task: dict[str, jax.Array], key: chex.PRNGKey, *,
+    gen_config: GeneratorConfig, config: MetaConfig, unroll: int | bool | None = None,
+) -> tuple[jax.Array, jax.Array, Any, jax.Array]:
+    """One task's ``(meta-test loss, inner losses, meta-gradient, ‖ω' - ω‖)`` (Alg. 1 l. 18).
+
+    The meta-gradient is ∇_ω of the meta-test loss (``order="second"``: through the inner
+    loop; ``"first"``: first-order MAML) or Reptile's ``ω - ω'`` (``"reptile"``; the outer
+    Adam then moves ω towards ω'). Arguments as :func:`task_meta_loss`.
+    """
+    loss_fn = functools.partial(task_meta_loss, gen_config=gen_config, config=config,
+                                unroll=unroll)
+    if config.order == "reptile":
+        loss, aux = loss_fn(params, task, key)
+        grads = jax.tree.map(jnp.subtract, params, aux["adapted"])
+    else:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, task, key)
+    moved = optax.tree.norm(jax.tree.map(jnp.subtract, aux["adapted"], params))
+    return loss, aux["inner"], grads, moved
 
 
 def init_meta_state(params: Any, config: MetaConfig, mesh: Mesh) -> dict[str, Any]:
@@ -391,9 +526,8 @@ def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh, 
     local_tasks = config.tasks_per_step // mesh.size
     optimizer = optim.adam_cosine(config.outer_lr, config.steps, config.final_lr_fraction,
                                   config.b1, config.b2)
-    loss_fn = functools.partial(task_meta_loss, gen_config=gen_config, config=config,
+    grad_fn = functools.partial(task_meta_gradient, gen_config=gen_config, config=config,
                                 unroll=True if loop == "unrolled" else None)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     replicated = NamedSharding(mesh, PartitionSpec())
     by_task = NamedSharding(mesh, PartitionSpec("tasks"))
 
@@ -405,18 +539,19 @@ def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh, 
         params = jax.tree.map(lambda a: jax.lax.pcast(a, "tasks", to="varying"), params)
 
         def per_task(task, key_data):
-            (loss, inner), grads = grad_fn(params, task, jax.random.wrap_key_data(key_data))
-            return loss, inner, grads
+            return grad_fn(params, task, jax.random.wrap_key_data(key_data))
 
         if loop == "scan":
-            losses, inner, grads = jax.vmap(per_task)(batch, keys)
+            losses, inner, grads, moved = jax.vmap(per_task)(batch, keys)
         else:  # one unbatched graph per task (no vmap-batched, i.e. grouped, convolutions)
             outs = [per_task({k: v[i] for k, v in batch.items()}, keys[i])
                     for i in range(local_tasks)]
-            losses, inner, grads = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+            losses, inner, grads, moved = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
         mean = lambda x: jax.lax.pmean(jnp.mean(x, axis=0), "tasks")  # noqa: E731
         metrics = {"meta_loss": mean(losses), "inner_loss_first": mean(inner[:, 0]),
-                   "inner_loss_last": mean(inner[:, -1])}
+                   "inner_loss_last": mean(inner[:, -1]), "inner_displacement": mean(moved)}
+        if config.tasks_per_step > 1:
+            metrics["grad_agreement"] = gradient_agreement(grads, config.tasks_per_step)
         return jax.tree.map(mean, grads), metrics
 
     sharded_grads = jax.shard_map(
@@ -433,6 +568,22 @@ def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh, 
 
     return jax.jit(step, in_shardings=(replicated, by_task, by_task),
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def gradient_agreement(grads: Any, num_tasks: int, axis_name: str = "tasks") -> jax.Array:
+    """Mean pairwise cosine of the per-task meta-gradients of one step.
+
+    ``grads``: this device's per-task gradients (leading axis = its tasks); the sum over
+    devices is a ``psum`` over ``axis_name``. With unit vectors u_i,
+    ``‖Σ u_i‖² = n + Σ_{i≠j} cos_ij``, so the mean over the n(n-1) ordered pairs needs only
+    the sum. Near 0: the tasks pull in unrelated directions (a noisy meta-gradient).
+    """
+    leaves = jax.tree.leaves(grads)
+    sq = sum(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=1) for g in leaves)
+    inv = 1.0 / jnp.maximum(jnp.sqrt(sq), 1e-30)
+    summed = [jax.lax.psum(jnp.tensordot(inv, g, axes=1), axis_name) for g in leaves]
+    total = sum(jnp.sum(u ** 2) for u in summed)
+    return (total - num_tasks) / (num_tasks * (num_tasks - 1))
 
 
 def process_tasks(num_tasks: int, mesh: Mesh) -> np.ndarray:

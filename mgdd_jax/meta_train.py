@@ -12,8 +12,11 @@ Alg. 2's), in two calls, validation separated from work::
 ``seed``, ``multihost``, ``progress``, ``max_seconds``, ``log_every``, ``checkpoint_every``,
 ``keep_checkpoints`` and the subtrees ``generator`` (:class:`GeneratorConfig` without
 ``image_channels``, which comes from the data), ``feature`` (θ, θ*), ``meta``
-(:class:`~mgdd_jax.meta.MetaConfig`) and ``distributed``
-(:class:`~mgdd_jax.multihost.MultihostConfig`, used with ``multihost``).
+(:class:`~mgdd_jax.meta.MetaConfig`), ``distributed``
+(:class:`~mgdd_jax.multihost.MultihostConfig`, used with ``multihost``) and ``val``
+(:class:`~mgdd_jax.meta_val.ValConfig`: the validation bank the run is judged by, scored every
+``val.every`` steps and logged as ``val_loss``, ``val_identity``, ``val_gap``, ``val_ratio``;
+it does not change the training, so it is not part of the resume check).
 
 The workdir holds ``config.json``, ``metrics.jsonl`` (one line per logged step),
 ``loss_curve.png``, ``run_until_step{N}.json`` (the run summary) and ``checkpoints/``
@@ -54,14 +57,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mgdd_jax import checkpoint, data, meta, multihost, outputs
+from mgdd_jax import checkpoint, data, meta, meta_val, multihost, outputs
 from mgdd_jax.generator import GeneratorConfig, init_generator
 from mgdd_jax.progress import Progress, stage
 
 # The run config's top-level fields besides the ``generator``, ``feature`` and ``meta`` trees.
 RUN_FIELDS = ("source", "data_dir", "image_size", "seed", "multihost", "progress",
               "max_seconds", "log_every", "checkpoint_every", "keep_checkpoints")
-SUBTREES = ("generator", "feature", "meta", "distributed")
+SUBTREES = ("generator", "feature", "meta", "distributed", "val")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +111,8 @@ class Prepared:
       mesh: the devices the tasks are sharded over.
       checkpoint_meta: the JSON ``meta`` every checkpoint of this run carries.
       start_step: the step the run resumes from (0: a fresh run).
+      val: the validation bank's config.
+      bank: the fixed validation tasks (None when ``val.tasks`` is 0).
     """
 
     workdir: str
@@ -120,6 +125,8 @@ class Prepared:
     mesh: Mesh
     checkpoint_meta: dict[str, Any]
     start_step: int
+    val: meta_val.ValConfig
+    bank: dict[str, np.ndarray] | None
 
     @property
     def checkpoint_dir(self) -> str:
@@ -225,6 +232,7 @@ def prepare(config: Mapping[str, Any], workdir: str, *, zca: bool = False,
     """
     _check_fields(config)
     mcfg = meta_config(config)
+    val = meta_val.ValConfig.from_config(config["val"])
     gen_config(config, 1)  # validate the architecture before loading anything
     loop = loop_config(config)
     if not isinstance(workdir, str) or not workdir:
@@ -240,6 +248,8 @@ def prepare(config: Mapping[str, Any], workdir: str, *, zca: bool = False,
     ds = data.load_dataset(source, data_dir=config["data_dir"] or None, zca=zca,
                            image_size=config["image_size"] or default_image_size or None)
     meta.check_source(ds.y_train, ds.num_classes, mcfg)
+    bank = (meta_val.make_bank(ds.x_train, ds.y_train, ds.num_classes, mcfg, val)
+            if val.enabled else None)
     gcfg = gen_config(config, ds.channels)
     mesh = meta.task_mesh()
     meta.check_mesh(mcfg, mesh)
@@ -256,7 +266,8 @@ def prepare(config: Mapping[str, Any], workdir: str, *, zca: bool = False,
     workdir = outputs.check_writable_dir(workdir)
     return Prepared(workdir=workdir, config=_plain_config(config), meta=mcfg, gen_config=gcfg,
                     loop=loop, source=source, dataset=ds, mesh=mesh,
-                    checkpoint_meta=_plain_config(ckpt_meta), start_step=start)
+                    checkpoint_meta=_plain_config(ckpt_meta), start_step=start, val=val,
+                    bank=bank)
 
 
 # ------------------------------------------------------------------------------ train
@@ -266,15 +277,31 @@ def is_main_process() -> bool:
 
 
 def plot_loss_curve(rows: list[dict[str, Any]], path: str) -> None:
-    """The meta-test and inner losses of ``metrics.jsonl`` rows over steps, as a PNG."""
+    """The meta-test and inner losses of ``metrics.jsonl`` rows over steps, as a PNG; with
+    validation rows, a second panel: the bank's ``val_gap`` (ω minus identity after K
+    adaptation steps; below 0 = adapting from ω is ahead)."""
     plt = outputs.pyplot()
-    steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    val_rows = [r for r in rows if "val_gap" in r]
+    fig, axes = plt.subplots(1, 2 if val_rows else 1, figsize=(11 if val_rows else 6, 3.5),
+                             squeeze=False)
+    ax = axes[0, 0]
     for k, label in (("meta_loss", "meta-test loss (Alg. 1 l. 17)"),
                      ("inner_loss_first", "inner loss, first step"),
                      ("inner_loss_last", "inner loss, last step")):
-        ax.plot(steps, [r[k] for r in rows], label=label, lw=1)
-    outputs.finish_line_plot(fig, ax, path, xlabel="meta step", ylabel="Eq. 1 loss")
+        pts = [(r["step"], r[k]) for r in rows if k in r]
+        if pts:
+            ax.plot(*zip(*pts), label=label, lw=1)
+    ax.set_xlabel("meta step")
+    ax.set_ylabel("Eq. 1 loss")
+    ax.legend(fontsize=8)
+    if val_rows:
+        ax2 = axes[0, 1]
+        ax2.plot([r["step"] for r in val_rows], [r["val_gap"] for r in val_rows], "o-", lw=1)
+        ax2.axhline(0.0, color="gray", lw=1, ls=":")
+        ax2.set_xlabel("meta step")
+        ax2.set_ylabel("val_gap (ω − identity)")
+        ax2.set_title("validation bank, loss after K adaptation steps", fontsize=9)
+    outputs.save_figure(fig, path)
 
 
 def _truncate_metrics(path: str, start: int) -> None:
@@ -310,6 +337,14 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     params = jax.jit(init_generator, static_argnums=(1, 2))(k_init, ds.image_shape,
                                                             prep.gen_config)
     state = meta.init_meta_state(params, mcfg, mesh)
+    val = prep.val
+    score = identity = None
+    val_seconds = 0.0
+    if prep.bank is not None:  # the identity's bank score: once per run (deterministic)
+        t_val = time.perf_counter()
+        score = meta_val.make_scorer(prep.gen_config, mcfg, val)
+        identity = meta_val.bank_score(score, params, prep.bank)
+        val_seconds += time.perf_counter() - t_val
     mngr = checkpoint.open_train_state_manager(
         prep.checkpoint_dir, save_interval_steps=loop.checkpoint_every,
         max_to_keep=loop.keep_checkpoints)
@@ -334,6 +369,9 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     if main:
         _truncate_metrics(metrics_path, start)
+        if identity is not None and start == 0:  # step 0 is the identity generator itself
+            outputs.append_jsonl(metrics_path, {"step": 0, "time_s": 0.0,
+                                                **meta_val.scores(identity, identity)})
 
     end = mcfg.steps if stop_after is None else min(mcfg.steps, start + stop_after)
     bar = Progress("meta", mcfg.steps, enabled=loop.progress and main)
@@ -362,15 +400,22 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
                         "initialization_timeout_s"])
             state, metrics = compiled(state, batch, keys)
             done = step + 1
-            if done % loop.log_every == 0 or done == end:
+            validate = score is not None and (done % val.every == 0 or done == end)
+            if done % loop.log_every == 0 or done == end or validate:
                 last = {k2: float(v) for k2, v in jax.device_get(metrics).items()}
                 if not np.isfinite(last["meta_loss"]):
                     raise FloatingPointError(
                         f"meta loss is {last['meta_loss']} at step {done}; lower "
                         "meta.outer_lr / meta.inner_lr or raise meta.reg")
+                row = {"step": done, "time_s": time.perf_counter() - t0, **last}
+                if validate:
+                    t_val = time.perf_counter()
+                    row.update(meta_val.scores(
+                        meta_val.bank_score(score, state["params"], prep.bank), identity))
+                    val_seconds += time.perf_counter() - t_val
+                    last = {**last, **{k2: row[k2] for k2 in ("val_gap", "val_ratio")}}
                 if main:
-                    outputs.append_jsonl(metrics_path, {
-                        "step": done, "time_s": time.perf_counter() - t0, **last})
+                    outputs.append_jsonl(metrics_path, row)
             checkpoint.save_train_state(mngr, done, state, prep.checkpoint_meta)
             bar.update(done, metrics)
             if t_after_first is None:
@@ -403,6 +448,7 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     n = step - start
     per_step = ((time.perf_counter() - t_after_first) / (n - 1)) if n > 1 else seconds
     result = {"step": step, "seconds": seconds, "seconds_per_step": per_step,
+              "validation_seconds": val_seconds,
               "last_metrics": last, "preempted": preempted,
               "device": str(jax.devices()[0]), "num_devices": jax.device_count(),
               "num_processes": jax.process_count()}

@@ -113,7 +113,7 @@ def test_scan_meta_gradient_matches_python_loop(digits, unroll):
 def test_second_order_matches_finite_differences_first_order_does_not(digits):
     """Directional derivative of the meta-test loss vs central differences, in float64."""
     cfg2 = dataclasses.replace(CFG, inner_lr=0.5)
-    cfg1 = dataclasses.replace(cfg2, first_order=True)
+    cfg1 = dataclasses.replace(cfg2, order="first")
     task = _task(digits, jax.random.key(8))
     params = _perturbed_params(digits, jax.random.key(9))
     key = jax.random.key(10)

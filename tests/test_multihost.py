@@ -35,7 +35,7 @@ STEPS = 6
 # (loading scikit-learn's digits costs each process seconds of jax compiles).
 RUN = ["--config=experiments/configs/meta_glyphs.py:smoke", "--config.meta.tasks_per_step=4",
        f"--config.meta.steps={STEPS}", "--config.meta.inner_steps=1",
-       "--config.meta.first_order=True", "--config.feature.depth=1"]
+       "--config.meta.order=first", "--config.feature.depth=1"]
 # Bounded waits, short enough for a test: joining, a silent (dead) process, exit.
 BOUNDS = ["--config.distributed.initialization_timeout_s=60",
           "--config.distributed.heartbeat_timeout_s=5",

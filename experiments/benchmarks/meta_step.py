@@ -38,7 +38,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Meta config.", lock_c
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed meta steps per variant (after compiling).")
 _SCAN_STEPS = flags.DEFINE_integer("scan_steps", 1, "Timed steps of the slow 'scan' loop.")
 _OUT = flags.DEFINE_string("out", "results/bench/meta_step_cpu.json", "JSON output.")
-_ORDERS = flags.DEFINE_list("orders", ["first", "second"], "first and/or second.")
+_ORDERS = flags.DEFINE_list("orders", ["first", "second"], "Of meta.ORDERS: first, second, reptile.")
 _LOOPS = flags.DEFINE_list("loops", ["unrolled", "scan"], "make_meta_step loops to time.")
 
 
@@ -81,8 +81,8 @@ def time_adapt_steps(mcfg, gcfg, batch, repeats: int) -> dict:
             "times_one_s": times}
 
 
-def time_variant(config, first_order: bool, loop: str, ds, repeats: int) -> dict:
-    mcfg = dataclasses.replace(meta_train.meta_config(config), first_order=first_order)
+def time_variant(config, order: str, loop: str, ds, repeats: int) -> dict:
+    mcfg = dataclasses.replace(meta_train.meta_config(config), order=order)
     gcfg = meta_train.gen_config(config, ds.channels)
     mesh = meta.task_mesh()
     params = gen_lib.init_generator(jax.random.key(0), ds.image_shape, gcfg)
@@ -105,7 +105,7 @@ def time_variant(config, first_order: bool, loop: str, ds, repeats: int) -> dict
 
     med, times = _median_time(run, repeats)
     adapt = time_adapt_steps(mcfg, gcfg, batch, max(3, repeats))
-    row = {"first_order": first_order, "loop": loop, "inner_steps": mcfg.inner_steps,
+    row = {"order": order, "loop": loop, "inner_steps": mcfg.inner_steps,
            "tasks_per_step": mcfg.tasks_per_step, "num_real": mcfg.num_real,
            "max_synthetic": mcfg.max_synthetic, "compile_s": compile_s,
            "seconds_per_step": med, "step_times_s": times, "repeats": repeats,
@@ -113,7 +113,7 @@ def time_variant(config, first_order: bool, loop: str, ds, repeats: int) -> dict
            "meta_loss": float(losses[-1]), "adapt_steps": adapt,
            "ratio_to_adapt_steps": med / adapt["seconds"],
            "load_average_after": os.getloadavg(), "peak_rss_gib_so_far": _peak_rss_gib()}
-    print(f"{'first' if first_order else 'second'} order, loop={loop}: {med:.2f} s/step "
+    print(f"{order} order, loop={loop}: {med:.2f} s/step "
           f"(compile {compile_s:.0f} s), {gflops:.1f} GFLOP, {gflops / med:.1f} GFLOP/s; "
           f"{adapt['count']} adapt steps {adapt['seconds']:.2f} s -> ratio "
           f"{row['ratio_to_adapt_steps']:.2f}; load {os.getloadavg()[0]:.1f}", flush=True)
@@ -126,14 +126,14 @@ def main(argv):
     config = _CONFIG.value
     row = settings_for(config.source)
     ds = data.load_dataset(config.source, data_dir=config.data_dir or None, zca=row["zca"])
-    bad = set(_ORDERS.value) - {"first", "second"} or set(_LOOPS.value) - set(meta.LOOPS)
+    bad = set(_ORDERS.value) - set(meta.ORDERS) or set(_LOOPS.value) - set(meta.LOOPS)
     if bad:
         raise app.UsageError(f"unknown --orders/--loops values {sorted(bad)}")
     results = []
     for order in _ORDERS.value:
         for loop in _LOOPS.value:
             repeats = _SCAN_STEPS.value if loop == "scan" else _STEPS.value
-            results.append(time_variant(config, order == "first", loop, ds, repeats))
+            results.append(time_variant(config, order, loop, ds, repeats))
     outputs.write_json(_OUT.value, {
         "device": str(jax.devices()[0]), "machine": machine_info(),
         "load_average_start_end": os.getloadavg(), "config": config.to_dict(),

@@ -13,10 +13,12 @@ result loads as its ``--meta_checkpoint``.
 
 This file is the single source of the values: ``mgdd_jax.meta.MetaConfig`` has no defaults and
 is built from the ``meta`` and ``feature`` subtrees (``mgdd_jax.meta_train.meta_config``).
-Every field is a flag, e.g. ``--config.meta.inner_steps=3 --config.meta.first_order=True``;
+Every field is a flag, e.g. ``--config.meta.inner_steps=3 --config.meta.order=first``;
 ``meta`` holds every hyper-parameter of Tab. 7's meta stage (``steps`` T', ``inner_steps`` T,
 ``inner_lr`` α, ``outer_lr`` β, ``final_lr_fraction`` η, ``b1``/``b2``, class, real and
-synthetic ranges, ``first_order``, ``reg``), ``feature`` the networks θ, θ*.
+synthetic ranges, ``order``, ``inner_opt``, ``support``, ``fixed_init``, ``reg``; see
+``mgdd_jax.meta.MetaConfig``), ``feature`` the networks θ, θ*, ``val`` the validation bank
+(``mgdd_jax.meta_val.ValConfig``) a run is judged by.
 """
 
 from __future__ import annotations
@@ -54,8 +56,13 @@ def base_config(source: str) -> ml_collections.ConfigDict:
     c.meta = ml_collections.ConfigDict(dict(
         steps=200_000, inner_steps=5, inner_lr=1e-4, outer_lr=1e-5, final_lr_fraction=0.1,
         b1=0.9, b2=0.999, min_classes=10, max_classes=100, num_real=2000, min_synthetic=10,
-        max_synthetic=1000, first_order=False, reg=krr.DEFAULT_REG, tasks_per_step=1,
+        max_synthetic=1000, order="second", inner_opt="sgd", inner_b1=0.9, inner_b2=0.999,
+        support="in_batch", fixed_init=False, reg=krr.DEFAULT_REG, tasks_per_step=1,
         scan_unroll=1))
+    # The validation bank (mgdd_jax.meta_val): fixed tasks, scored after `steps` adaptation
+    # steps (Adam at adaptation's learning rate) from ω and from the identity generator.
+    c.val = ml_collections.ConfigDict(dict(tasks=4, steps=20, every=100, learning_rate=1e-4,
+                                           b1=0.9, b2=0.999, eval_draws=4, seed=1234))
     return c
 
 
@@ -69,13 +76,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       outer_lr=1e-4)
     elif variant == "cpu":
         c.meta.update(steps=2_000, max_classes=20, num_real=200, max_synthetic=100,
-                      first_order=True, outer_lr=1e-4)
+                      order="first", outer_lr=1e-4)
         c.checkpoint_every = 50
     elif variant == "smoke":
         c.generator.update(width=4, embed_dim=8, embed_channels=2)
         c.feature.width = 4
         c.meta.update(steps=4, inner_steps=2, min_classes=2, max_classes=4, num_real=16,
                       min_synthetic=2, max_synthetic=8, inner_lr=1e-2, outer_lr=1e-3)
+        c.val.update(tasks=2, steps=2, every=2, eval_draws=1)
         c.log_every = 1
         c.checkpoint_every = 2
         c.progress = False

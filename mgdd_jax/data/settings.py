@@ -60,6 +60,7 @@ def settings_for(name: str) -> DatasetSettings:
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+    name = name.split("#classes=", 1)[0]  # a class subset has its dataset's settings
     if name in DATASET_SETTINGS:
         return DATASET_SETTINGS[name]
     if name.startswith("tfds:"):

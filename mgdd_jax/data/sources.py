@@ -478,7 +478,63 @@ def resolve_source(name: str) -> tuple[SourceLoader, str]:
     )
 
 
+CLASS_SUBSET_SEP = "#classes="
+
+
+def split_class_subset(name: str) -> tuple[str, tuple[int, ...] | None]:
+    """``"fashion_mnist#classes=0-4"`` -> ``("fashion_mnist", (0, 1, 2, 3, 4))``.
+
+    The suffix keeps only the listed classes of a dataset (both splits), relabelled
+    ``0..k-1`` in the listed order: a comma list of class ids and ``a-b`` ranges, e.g.
+    ``#classes=5-9`` or ``#classes=0,2,4``. Without the suffix the classes are ``None`` (all).
+    """
+    if not isinstance(name, str) or CLASS_SUBSET_SEP not in name:
+        return name, None
+    base, spec = name.split(CLASS_SUBSET_SEP, 1)
+    classes: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            classes.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"dataset {name!r}: bad class list {spec!r}; write e.g. "
+                         f"{base}{CLASS_SUBSET_SEP}0-4 or {base}{CLASS_SUBSET_SEP}0,2,4") from None
+    if not base or len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"dataset {name!r}: a class subset needs a dataset name and at least "
+                         f"two distinct classes, e.g. {base or 'fashion_mnist'}"
+                         f"{CLASS_SUBSET_SEP}0-4")
+    return base, tuple(classes)
+
+
+def select_classes(raw: RawData, classes: tuple[int, ...], name: str) -> RawData:
+    """The images of ``classes`` only, relabelled ``0..k-1`` in that order."""
+    bad = [c for c in classes if not 0 <= c < raw.num_classes]
+    if bad:
+        raise ValueError(f"dataset {name!r}: classes {bad} do not exist (it has "
+                         f"{raw.num_classes} classes, 0..{raw.num_classes - 1})")
+    lut = np.full(raw.num_classes, -1, np.int64)
+    lut[list(classes)] = np.arange(len(classes))
+
+    def keep(x, y):
+        y = np.asarray(y).astype(np.int64)
+        m = lut[y] >= 0
+        return np.asarray(x)[m], lut[y[m]].astype(np.int32)
+
+    x_train, y_train = keep(raw.x_train, raw.y_train)
+    x_test, y_test = keep(raw.x_test, raw.y_test)
+    return RawData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                   num_classes=len(classes),
+                   class_names=tuple(str(raw.class_names[c]) for c in classes))
+
+
 def load_raw(name: str, data_dir: str | os.PathLike | None = None) -> RawData:
-    """Loads the raw arrays of dataset ``name`` through the registry."""
-    loader, argument = resolve_source(name)
-    return loader(argument, None if data_dir is None else os.fspath(data_dir))
+    """Loads the raw arrays of dataset ``name`` through the registry.
+
+    A ``#classes=...`` suffix (:func:`split_class_subset`) keeps only those classes, e.g.
+    ``"fashion_mnist#classes=0-4"`` and ``"fashion_mnist#classes=5-9"``: a disjoint-class
+    split of one dataset, each with its own train and test split.
+    """
+    base, classes = split_class_subset(name)
+    loader, argument = resolve_source(base)
+    raw = loader(argument, None if data_dir is None else os.fspath(data_dir))
+    return raw if classes is None else select_classes(raw, classes, name)
