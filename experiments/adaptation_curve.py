@@ -8,6 +8,15 @@ draws, and the same evaluation keys; only the generator's starting parameters di
 config's ``meta_checkpoint``, default the shipped one, vs a fresh identity-at-init generator).
 Writes ``curve.json`` and ``curve.png``. Takes the distill config (``--config``, variants
 cpu / paper / smoke) and its shorthands.
+
+``--meta_at`` evaluates the meta start at other steps than ``--at`` (default: the same),
+e.g. only up to 200 when the question is whether it reaches the fresh start's 1000-step
+accuracy sooner. Each start's run is ``max`` of its steps long, and its learning rate's
+cosine spans that length (as a user adapting for that many steps gets).
+
+    python -m experiments.adaptation_curve --dataset='fashion_mnist#classes=5-9' --ipc=10 \
+        --meta_checkpoint=runs/split_reptile/checkpoints --at=0,50,100,200,1000 \
+        --meta_at=0,50,100,200 --out=results/mechanism_fmnist_0-4_to_5-9_ipc10
 """
 
 from __future__ import annotations
@@ -24,10 +33,11 @@ from mgdd_jax import api, checkpoint, evaluation, krr, labels, outputs
 from mgdd_jax import generator as gen_lib
 
 
-def curve(prep: distill.Prepared, at: list[int]) -> dict:
+def curve(prep: distill.Prepared, at: list[int], meta_at: list[int] | None = None) -> dict:
     ds, fit = prep.dataset, prep.fit
     config = prep.config
     ipc = prep.ipcs[0]
+    steps_of = {"fresh": at, "meta": meta_at or at}
     adapt_cfg = dataclasses.replace(fit.adapt, steps=max(at), init_mode="single", ipcs=(ipc,))
     keys = api.job_keys(jax.random.key(config.seed))
     c = ds.num_classes
@@ -38,7 +48,7 @@ def curve(prep: distill.Prepared, at: list[int]) -> dict:
     if fit.meta_checkpoint:
         starts["meta"] = checkpoint.load_generator(fit.meta_checkpoint, fit.gen_config,
                                                    ds.image_shape, key=keys["generator"])[0]
-    result = {"dataset": config.dataset, "ipc": ipc, "at": at,
+    result = {"dataset": config.dataset, "ipc": ipc, "at": at, "meta_at": steps_of["meta"],
               "meta_checkpoint": fit.meta_checkpoint, "eval_protocol": prep.protocol.to_dict(),
               "device": str(jax.devices()[0]), "curves": {}}
     # The fixed initial set adapt() will use, known before adapting (so step 0 is evaluated).
@@ -57,9 +67,11 @@ def curve(prep: distill.Prepared, at: list[int]) -> dict:
             print(f"{name}: step {step}: {100 * res['mean']:.2f} ± {100 * res['std']:.2f}%",
                   file=sys.stderr, flush=True)
 
-        res = adapt_lib.adapt(keys["adapt"], params, ds, label_model, fit.gen_config, adapt_cfg,
-                              progress=False, callback=on_step, callback_steps=at)
-        result["curves"][name] = {"points": points, "seconds_per_step": res.seconds_per_step}
+        cfg = dataclasses.replace(adapt_cfg, steps=max(steps_of[name]))
+        res = adapt_lib.adapt(keys["adapt"], params, ds, label_model, fit.gen_config, cfg,
+                              progress=False, callback=on_step, callback_steps=steps_of[name])
+        result["curves"][name] = {"points": points, "seconds_per_step": res.seconds_per_step,
+                                  "adapt_steps": cfg.steps}
     base = evaluation.evaluate_synthetic(keys["eval"], x_init, krr.centred_onehot(l_init, c),
                                        ds.x_test, ds.y_test, prep.protocol, num_classes=c,
                                        progress=False)
@@ -91,14 +103,16 @@ def main(argv):
     with cli.exit_on_bad_input():
         prep = distill.prepare(distill.config_from_flags())
         at = sorted({int(a) for a in flags.FLAGS.at})
-        if not at or at[0] < 0:
-            raise ValueError("--at must list non-negative steps")
+        meta_at = sorted({int(a) for a in flags.FLAGS.meta_at or flags.FLAGS.at})
+        if not at or at[0] < 0 or meta_at[0] < 0:
+            raise ValueError("--at and --meta_at must list non-negative steps")
     with cli.exit_on_failed_run(prep.out):
-        result = curve(prep, at)
+        result = curve(prep, at, meta_at)
     cli.write_result(prep.out, "curve", result, plot)
 
 
 if __name__ == "__main__":
     distill.define_flags()
     flags.DEFINE_list("at", ["0", "100", "200", "500", "1000"], "Steps to evaluate at.")
+    flags.DEFINE_list("meta_at", [], "Steps to evaluate the meta start at (default: --at).")
     app.run(main)

@@ -570,18 +570,21 @@ def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh, 
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def gradient_agreement(grads: Any, num_tasks: int, axis_name: str = "tasks") -> jax.Array:
+def gradient_agreement(grads: Any, num_tasks: int, axis_name: str | None = "tasks"
+                       ) -> jax.Array:
     """Mean pairwise cosine of the per-task meta-gradients of one step.
 
     ``grads``: this device's per-task gradients (leading axis = its tasks); the sum over
-    devices is a ``psum`` over ``axis_name``. With unit vectors u_i,
+    devices is a ``psum`` over ``axis_name`` (None: all tasks are here). With unit vectors u_i,
     ``‖Σ u_i‖² = n + Σ_{i≠j} cos_ij``, so the mean over the n(n-1) ordered pairs needs only
     the sum. Near 0: the tasks pull in unrelated directions (a noisy meta-gradient).
     """
     leaves = jax.tree.leaves(grads)
     sq = sum(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=1) for g in leaves)
     inv = 1.0 / jnp.maximum(jnp.sqrt(sq), 1e-30)
-    summed = [jax.lax.psum(jnp.tensordot(inv, g, axes=1), axis_name) for g in leaves]
+    summed = [jnp.tensordot(inv, g, axes=1) for g in leaves]
+    if axis_name is not None:
+        summed = [jax.lax.psum(u, axis_name) for u in summed]
     total = sum(jnp.sum(u ** 2) for u in summed)
     return (total - num_tasks) / (num_tasks * (num_tasks - 1))
 

@@ -293,7 +293,8 @@ def plot_loss_curve(rows: list[dict[str, Any]], path: str) -> None:
             ax.plot(*zip(*pts), label=label, lw=1)
     ax.set_xlabel("meta step")
     ax.set_ylabel("Eq. 1 loss")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     if val_rows:
         ax2 = axes[0, 1]
         ax2.plot([r["step"] for r in val_rows], [r["val_gap"] for r in val_rows], "o-", lw=1)
@@ -400,8 +401,13 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
                         "initialization_timeout_s"])
             state, metrics = compiled(state, batch, keys)
             done = step + 1
-            validate = score is not None and (done % val.every == 0 or done == end)
-            if done % loop.log_every == 0 or done == end or validate:
+            if t_after_first is None:
+                jax.block_until_ready(state["step"])
+                t_after_first = time.perf_counter()
+            timed_out = bool(loop.max_seconds) and time.perf_counter() - t0 > loop.max_seconds
+            stopping = multihost.any_process(stop["signal"] is not None or timed_out)  # all/none
+            validate = score is not None and (done % val.every == 0 or done == end or stopping)
+            if done % loop.log_every == 0 or done == end or validate or stopping:
                 last = {k2: float(v) for k2, v in jax.device_get(metrics).items()}
                 if not np.isfinite(last["meta_loss"]):
                     raise FloatingPointError(
@@ -418,11 +424,7 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
                     outputs.append_jsonl(metrics_path, row)
             checkpoint.save_train_state(mngr, done, state, prep.checkpoint_meta)
             bar.update(done, metrics)
-            if t_after_first is None:
-                jax.block_until_ready(state["step"])
-                t_after_first = time.perf_counter()
-            timed_out = bool(loop.max_seconds) and time.perf_counter() - t0 > loop.max_seconds
-            if multihost.any_process(stop["signal"] is not None or timed_out):  # all or none
+            if stopping:  # the last step is logged (and scored) above
                 preempted = multihost.any_process(stop["signal"] is not None)
                 stage(f"{'SIGTERM' if preempted else f'max_seconds={loop.max_seconds}'} at "
                       f"step {done}: saving and exiting")

@@ -30,6 +30,29 @@ def test_adaptation_curve(tmp_path, monkeypatch):
     json.dumps(result)  # JSON-serialisable as written
 
 
+def test_adaptation_curve_meta_start_at_its_own_steps(tmp_path):
+    """--meta_at: the meta start is adapted only as far as its own steps (with a saved
+    generator as the meta checkpoint), the fresh start as far as --at's."""
+    import jax
+
+    from mgdd_jax import checkpoint, data
+    from mgdd_jax import generator as gen
+
+    ds = data.load_dataset("digits")
+    gcfg = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
+    params = gen.init_generator(jax.random.key(3), ds.image_shape, gcfg)
+    params = jax.tree.map(lambda a: a + 0.01, params)  # not the identity
+    checkpoint.save_generator(str(tmp_path / "meta"), 1, params, gcfg)
+    c = smoke(tmp_path / "out", "2")
+    c.meta_checkpoint = str(tmp_path / "meta")
+    result = adaptation_curve.curve(distill.prepare(c), [0, 3], [0, 2])
+    assert result["meta_at"] == [0, 2]
+    assert [p["step"] for p in result["curves"]["meta"]["points"]] == [0, 2]
+    assert [p["step"] for p in result["curves"]["fresh"]["points"]] == [0, 3]
+    assert result["curves"]["meta"]["adapt_steps"] == 2
+    assert result["curves"]["fresh"]["adapt_steps"] == 3
+
+
 def test_cross_ipc(tmp_path):
     prep = distill.prepare(smoke(tmp_path, "2,3"))
     result = cross_ipc.run(prep, [1, 2, 4])

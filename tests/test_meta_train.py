@@ -274,3 +274,27 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "w").exists()
 
+
+
+def test_validation_bank_rows(tmp_path):
+    """Step 0 scores the identity (gap 0); then every val.every steps and the last step of a
+    call (also one cut short), each row with the bank's fields; the PNG gets its panel."""
+    config = _smoke_config(5)
+    config.val.every = 2
+    _run(config, tmp_path / "w", stop_after=3)
+    rows = outputs.read_jsonl(str(tmp_path / "w" / "metrics.jsonl"))
+    val = {r["step"]: r for r in rows if "val_gap" in r}
+    assert sorted(val) == [0, 2, 3]
+    assert val[0]["val_gap"] == 0.0 and val[0]["val_loss"] == val[0]["val_identity"]
+    assert all(np.isfinite(r["val_loss"]) and r["val_identity"] == val[0]["val_identity"]
+               for r in val.values())
+    assert val[3]["val_gap"] != 0.0  # three Adam steps of meta-training moved it
+    result = _run(config, tmp_path / "w")  # resume to the end: the identity is rescored
+    rows = outputs.read_jsonl(str(tmp_path / "w" / "metrics.jsonl"))
+    assert sorted(r["step"] for r in rows if "val_gap" in r) == [0, 2, 3, 4, 5]
+    assert [r["step"] for r in rows] == sorted({r["step"] for r in rows})
+    assert result["validation_seconds"] > 0
+    config.val.tasks = 0  # off: no bank, no val rows
+    _run(config, tmp_path / "off")
+    assert not any("val_gap" in r for r in outputs.read_jsonl(
+        str(tmp_path / "off" / "metrics.jsonl")))

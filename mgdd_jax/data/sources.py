@@ -463,9 +463,13 @@ def available_datasets() -> list[str]:
 
 
 def resolve_source(name: str) -> tuple[SourceLoader, str]:
-    """Finds the loader for ``name``; returns it with the argument to pass it."""
+    """Finds the loader for ``name``; returns it with the argument to pass it.
+
+    A ``#classes=`` suffix is checked and set aside (:func:`load_raw` applies it).
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+    name = split_class_subset(name)[0]
     if name in NAMED_SOURCES:
         return NAMED_SOURCES[name], name
     for prefix, loader in PREFIX_SOURCES.items():
