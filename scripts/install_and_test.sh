@@ -11,4 +11,4 @@ if ! dpkg -s $PKGS >/dev/null 2>&1; then
   $SUDO apt-get install -y $PKGS || { $SUDO apt-get update && $SUDO apt-get install -y $PKGS; }
 fi
 python -m pip install --quiet -e ".[dev,tfds]"
-python -m pytest -q -n 2 "$@"
+python -m pytest -q -n 2 --durations=30 "$@"

@@ -269,7 +269,8 @@ def test_two_processes_die_resume_and_match_one_process(procs, tmp_path,
         np.testing.assert_array_equal(a, b)
 
     rows = [r["step"] for r in outputs.read_jsonl(str(w / "metrics.jsonl"))]
-    assert rows == list(range(1, STEPS + 1)), rows  # none lost or repeated by the restart
+    # Step 0 (the identity, scored by the validation bank) once, then none lost or repeated.
+    assert rows == list(range(0, STEPS + 1)), rows
     summary = json.loads((w / f"run_until_step{STEPS}.json").read_text())
     assert (summary["num_processes"], summary["num_devices"]) == (2, 4)
     assert sorted(n for n in os.listdir(w) if not n.startswith(".")) == sorted(
