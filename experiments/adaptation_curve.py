@@ -11,12 +11,18 @@ cpu / paper / smoke) and its shorthands.
 
 ``--meta_at`` evaluates the meta start at other steps than ``--at`` (default: the same),
 e.g. only up to 200 when the question is whether it reaches the fresh start's 1000-step
-accuracy sooner. Each start's run is ``max`` of its steps long, and its learning rate's
-cosine spans that length (as a user adapting for that many steps gets).
+accuracy sooner.
+
+``--schedule`` says what a point at step N is. ``snapshots`` (default, as Fig. 4 plots it):
+each start makes one run, ``max`` of its steps long, and is evaluated on the way (a point
+before the end sits mid-cosine, at a high learning rate). ``complete``: every point is its own
+run of N steps whose cosine ends at N, i.e. what a user who adapts for N steps gets; the
+question "does N steps from the meta generator reach fresh's 1000-step accuracy" is asked
+of those. The runs of one start share the seed, so they differ only in length.
 
     python -m experiments.adaptation_curve --dataset='fashion_mnist#classes=5-9' --ipc=10 \
         --meta_checkpoint=runs/split_reptile/checkpoints --at=0,50,100,200,1000 \
-        --meta_at=0,50,100,200 --out=results/mechanism_fmnist_0-4_to_5-9_ipc10
+        --meta_at=0,50,100,200 --schedule=complete --out=results/mechanism_fmnist_0-4_to_5-9_ipc10
 """
 
 from __future__ import annotations
@@ -33,7 +39,14 @@ from mgdd_jax import api, checkpoint, evaluation, krr, labels, outputs
 from mgdd_jax import generator as gen_lib
 
 
-def curve(prep: distill.Prepared, at: list[int], meta_at: list[int] | None = None) -> dict:
+SCHEDULES = ("snapshots", "complete")
+
+
+def curve(prep: distill.Prepared, at: list[int], meta_at: list[int] | None = None,
+          schedule: str = "snapshots") -> dict:
+    """Fig. 4's curves (module docstring): accuracy after N adaptation steps, per start."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     ds, fit = prep.dataset, prep.fit
     config = prep.config
     ipc = prep.ipcs[0]
@@ -49,6 +62,7 @@ def curve(prep: distill.Prepared, at: list[int], meta_at: list[int] | None = Non
         starts["meta"] = checkpoint.load_generator(fit.meta_checkpoint, fit.gen_config,
                                                    ds.image_shape, key=keys["generator"])[0]
     result = {"dataset": config.dataset, "ipc": ipc, "at": at, "meta_at": steps_of["meta"],
+              "schedule": schedule,
               "meta_checkpoint": fit.meta_checkpoint, "eval_protocol": prep.protocol.to_dict(),
               "device": str(jax.devices()[0]), "curves": {}}
     # The fixed initial set adapt() will use, known before adapting (so step 0 is evaluated).
@@ -67,11 +81,23 @@ def curve(prep: distill.Prepared, at: list[int], meta_at: list[int] | None = Non
             print(f"{name}: step {step}: {100 * res['mean']:.2f} ± {100 * res['std']:.2f}%",
                   file=sys.stderr, flush=True)
 
-        cfg = dataclasses.replace(adapt_cfg, steps=max(steps_of[name]))
-        res = adapt_lib.adapt(keys["adapt"], params, ds, label_model, fit.gen_config, cfg,
-                              progress=False, callback=on_step, callback_steps=steps_of[name])
-        result["curves"][name] = {"points": points, "seconds_per_step": res.seconds_per_step,
-                                  "adapt_steps": cfg.steps}
+        # snapshots: one run, evaluated on the way; complete: one run per point (step 0 is
+        # the start itself, no run)
+        runs = ([steps_of[name]] if schedule == "snapshots" else
+                [[n] for n in steps_of[name]])
+        lengths, per_step = [], []
+        for evaluate_at in runs:
+            if max(evaluate_at) == 0:
+                on_step(0, params)
+                continue
+            cfg = dataclasses.replace(adapt_cfg, steps=max(evaluate_at))
+            res = adapt_lib.adapt(keys["adapt"], params, ds, label_model, fit.gen_config, cfg,
+                                  progress=False, callback=on_step,
+                                  callback_steps=evaluate_at)
+            lengths.append(cfg.steps)
+            per_step.append(res.seconds_per_step)
+        result["curves"][name] = {"points": points, "adapt_steps": lengths,
+                                  "seconds_per_step": max(per_step, default=0.0)}
     base = evaluation.evaluate_synthetic(keys["eval"], x_init, krr.centred_onehot(l_init, c),
                                        ds.x_test, ds.y_test, prep.protocol, num_classes=c,
                                        progress=False)
@@ -107,7 +133,7 @@ def main(argv):
         if not at or at[0] < 0 or meta_at[0] < 0:
             raise ValueError("--at and --meta_at must list non-negative steps")
     with cli.exit_on_failed_run(prep.out):
-        result = curve(prep, at, meta_at)
+        result = curve(prep, at, meta_at, flags.FLAGS.schedule)
     cli.write_result(prep.out, "curve", result, plot)
 
 
@@ -115,4 +141,7 @@ if __name__ == "__main__":
     distill.define_flags()
     flags.DEFINE_list("at", ["0", "100", "200", "500", "1000"], "Steps to evaluate at.")
     flags.DEFINE_list("meta_at", [], "Steps to evaluate the meta start at (default: --at).")
+    flags.DEFINE_enum("schedule", "snapshots", list(SCHEDULES),
+                      "snapshots: one run per start, evaluated on the way (Fig. 4); complete: "
+                      "each point is its own run of that many steps (module docstring).")
     app.run(main)

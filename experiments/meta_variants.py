@@ -43,10 +43,24 @@ def parse_runs(items: list[str]) -> dict[str, str]:
     return runs
 
 
+def cumulative_time(rows: list[dict]) -> list[dict]:
+    """``time_s`` counts from the start of each (resumed) run of a workdir; make it count
+    across runs: a row whose time is below its predecessor's starts a new run, offset by the
+    previous run's last logged time (its setup and compile before the first step are not
+    counted)."""
+    out, offset, prev = [], 0.0, 0.0
+    for r in rows:
+        if r["time_s"] < prev:
+            offset += prev
+        prev = r["time_s"]
+        out.append({**r, "time_s": r["time_s"] + offset})
+    return out
+
+
 def summarise(name: str, path: str) -> dict:
     with open(os.path.join(path, "config.json")) as f:
         config = json.load(f)
-    rows = outputs.read_jsonl(os.path.join(path, "metrics.jsonl"))
+    rows = cumulative_time(outputs.read_jsonl(os.path.join(path, "metrics.jsonl")))
     val = [r for r in rows if "val_gap" in r]
     train = [r for r in rows if "meta_loss" in r]
     times = np.diff([r["time_s"] for r in train])
@@ -69,18 +83,21 @@ def summarise(name: str, path: str) -> dict:
 def markdown(result: dict) -> str:
     runs = result["runs"]
     common = sorted(set.intersection(*[{v["step"] for v in r["val"]} for r in runs]))
-    head = ("| variant | order | inner | support | init | s/step | grad agreement | ‖ω'−ω‖ | "
-            + " | ".join(f"ratio @ {s}" for s in common) + " |")
-    lines = [head, "|" + "---|" * (8 + len(common))]
+    head = ("| variant | order | inner | support | init | tasks/step | outer lr | s/step | "
+            "grad agreement | ‖ω'−ω‖ | " + " | ".join(f"ratio @ {s}" for s in common)
+            + " | last ratio (step) |")
+    lines = [head, "|" + "---|" * (11 + len(common))]
     for r in runs:
         m = r["meta"]
         by = {v["step"]: v for v in r["val"]}
         lines.append(
             f"| {r['name']} | {m['order']} | {m['inner_opt']} α={m['inner_lr']:g} | "
             f"{m['support']} | {'fixed' if m['fixed_init'] else 'varied'} | "
+            f"{m['tasks_per_step']} | {m['outer_lr']:g} | "
             f"{r['seconds_per_meta_step']:.1f} | {r['mean_grad_agreement']:.3f} | "
             f"{r['mean_inner_displacement']:.3g} | "
-            + " | ".join(f"{by[s]['val_ratio']:.4f}" for s in common) + " |")
+            + " | ".join(f"{by[s]['val_ratio']:.4f}" for s in common)
+            + f" | {r['val'][-1]['val_ratio']:.4f} ({r['val'][-1]['step']}) |")
     v = runs[0]["val_config"]
     lines.append("")
     lines.append(f"ratio = bank loss after K = {v['steps']} adaptation steps (Adam, lr "

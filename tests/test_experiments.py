@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from experiments import adaptation_curve, cross_ipc, distill
 from experiments.configs import distill as distill_config
@@ -49,8 +50,23 @@ def test_adaptation_curve_meta_start_at_its_own_steps(tmp_path):
     assert result["meta_at"] == [0, 2]
     assert [p["step"] for p in result["curves"]["meta"]["points"]] == [0, 2]
     assert [p["step"] for p in result["curves"]["fresh"]["points"]] == [0, 3]
-    assert result["curves"]["meta"]["adapt_steps"] == 2
-    assert result["curves"]["fresh"]["adapt_steps"] == 3
+    assert result["curves"]["meta"]["adapt_steps"] == [2]
+    assert result["curves"]["fresh"]["adapt_steps"] == [3]
+    assert result["schedule"] == "snapshots"
+
+
+def test_adaptation_curve_complete_runs_end_at_each_point(tmp_path):
+    """--schedule=complete: each point is its own run of that length (a 2-step and a 4-step
+    run); the last is the snapshots run's last point (same seed, same length)."""
+    prep = distill.prepare(smoke(tmp_path, "2"))
+    snap = adaptation_curve.curve(prep, [0, 2, 4])
+    full = adaptation_curve.curve(prep, [0, 2, 4], schedule="complete")
+    assert full["curves"]["fresh"]["adapt_steps"] == [2, 4]  # step 0: no run
+    a, b = (r["curves"]["fresh"]["points"] for r in (snap, full))
+    assert [p["step"] for p in b] == [0, 2, 4]
+    assert b[0]["per_seed"] == a[0]["per_seed"] and b[2]["per_seed"] == a[2]["per_seed"]
+    with pytest.raises(ValueError, match="schedule"):
+        adaptation_curve.curve(prep, [0, 2], schedule="nope")
 
 
 def test_cross_ipc(tmp_path):
@@ -64,3 +80,54 @@ def test_cross_ipc(tmp_path):
     cross_ipc.plot(result, str(tmp_path / "x.png"))
     assert os.path.getsize(tmp_path / "x.png") > 1000
 
+
+
+def _meta_workdir(path, rows, *, source="digits", order="first"):
+    from mgdd_jax import outputs
+
+    os.makedirs(path)
+    meta = dict(order=order, inner_opt="adam", inner_lr=1e-4, support="disjoint",
+                fixed_init=True, tasks_per_step=4, outer_lr=1e-3)
+    val = dict(tasks=2, steps=3, every=2, learning_rate=1e-4, b1=0.9, b2=0.999,
+               eval_draws=1, seed=0)
+    outputs.write_json(os.path.join(path, "config.json"),
+                       {"meta": meta, "val": val, "source": source})
+    for r in rows:
+        outputs.append_jsonl(os.path.join(path, "metrics.jsonl"), r)
+    return str(path)
+
+
+def test_meta_variants_table_times_and_refusals(tmp_path):
+    """experiments.meta_variants: the table at the steps all runs reached, wall time
+    accumulated over a resumed run's restarts, runs on other banks refused."""
+    from experiments import meta_variants
+
+    def val(step, t, ratio):
+        return {"step": step, "time_s": t, "val_loss": ratio, "val_identity": 1.0,
+                "val_gap": ratio - 1.0, "val_ratio": ratio}
+
+    def train(step, t):
+        return {"step": step, "time_s": t, "meta_loss": 0.1, "grad_agreement": 0.5,
+                "inner_displacement": 0.01}
+
+    a = _meta_workdir(tmp_path / "a", [val(0, 0.0, 1.0), train(1, 10.0), train(2, 12.0),
+                                        val(2, 12.0, 0.9), train(3, 14.0), train(4, 16.0),
+                                        train(5, 5.0), train(6, 7.0), val(6, 7.0, 0.8)])
+    b = _meta_workdir(tmp_path / "b", [val(0, 0.0, 1.0), train(1, 3.0), train(2, 6.0),
+                                        val(2, 6.0, 0.95)], order="reptile")
+    result = meta_variants.compare(meta_variants.parse_runs([f"fo:{a}", f"rep:{b}"]))
+    fo = result["runs"][0]
+    assert [v["time_s"] for v in fo["val"]] == [0.0, 12.0, 23.0]  # resumed after t=16
+    assert fo["seconds_per_meta_step"] == 2.0 and fo["last_step"] == 6
+    table = meta_variants.markdown(result)
+    assert "ratio @ 0 | ratio @ 2 | last ratio (step)" in table  # step 6: only run a
+    assert "| fo | first |" in table and "0.8000 (6)" in table and "0.9500 (2)" in table
+    meta_variants.plot(result, str(tmp_path / "c.png"))
+    assert os.path.getsize(tmp_path / "c.png") > 1000
+    other = _meta_workdir(tmp_path / "o", [val(0, 0.0, 1.0)], source="digits#classes=0-4")
+    with pytest.raises(ValueError, match="different validation banks"):
+        meta_variants.compare({"a": a, "o": other})
+    with pytest.raises(ValueError, match="name:workdir"):
+        meta_variants.parse_runs(["nocolon"])
+    with pytest.raises(ValueError, match="no metrics.jsonl"):
+        meta_variants.parse_runs([f"x:{tmp_path}"])

@@ -26,11 +26,15 @@ SHIPPED = os.path.join(REPO, "experiments", "meta_generator", "checkpoints")
 RUN_FILES = ("config.json", "metrics.jsonl", "loss_curve.png")
 
 
-def _smoke_config(steps, **meta_overrides):
+def _smoke_config(steps, *, val=False, **meta_overrides):
+    """The smoke config on digits; the validation bank off unless ``val`` (it costs each run
+    a compile; test_validation_bank_rows and the SIGTERM test keep it on)."""
     c = meta_glyphs.get_config("smoke")
     c.source = "digits"
     c.meta.steps = steps
     c.meta.update(meta_overrides)
+    if not val:
+        c.val.tasks = 0
     return c
 
 
@@ -119,7 +123,7 @@ def test_one_compatibility_check_names_fields():
 
 # ------------------------------------------------------------------------------ the loop
 def test_sigterm_then_resume_equals_straight_run(tmp_path):
-    total, every = 300, 50  # few checkpoints: orbax saves dominate a smoke step otherwise
+    total, every = 150, 40  # few checkpoints: orbax saves dominate a smoke step otherwise
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "experiments.meta_train",
            "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
@@ -139,7 +143,7 @@ def test_sigterm_then_resume_equals_straight_run(tmp_path):
     k, _, _ = _final_params(killed)
     assert 0 < k < total, f"the run was not interrupted (stopped at {k})"
 
-    config = _smoke_config(total)
+    config = _smoke_config(total, val=True)  # = the command line's config
     config.checkpoint_every = every
     resumed = _run(config, killed)
     assert resumed["step"] == total
@@ -152,6 +156,8 @@ def test_sigterm_then_resume_equals_straight_run(tmp_path):
     assert m["info"]["kind"] == "meta"
     rows = [r["step"] for r in outputs.read_jsonl(str(killed / "metrics.jsonl"))]
     assert rows == sorted(set(rows)) and rows[-1] == total  # no duplicated or lost lines
+    rows = outputs.read_jsonl(str(straight_dir / "metrics.jsonl"))
+    assert [r["step"] for r in rows if "val_gap" in r] == [0, 100, 150]  # smoke: every 100
     assert (killed / "loss_curve.png").exists()
     assert (killed / f"run_until_step{total}.json").exists()
 
@@ -260,6 +266,8 @@ def test_only_process_0_writes_run_files(tmp_path, monkeypatch):
     names = os.listdir(tmp_path / "w")
     assert not [n for n in names if n in RUN_FILES or n.startswith("run_until_step")], names
     assert checkpoint.latest_step(str(tmp_path / "w" / "checkpoints")) == 2
+    # val.tasks = 0: no bank, no scores
+    assert result["validation_seconds"] == 0 and "val_gap" not in result["last_metrics"]
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
@@ -279,7 +287,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
 def test_validation_bank_rows(tmp_path):
     """Step 0 scores the identity (gap 0); then every val.every steps and the last step of a
     call (also one cut short), each row with the bank's fields; the PNG gets its panel."""
-    config = _smoke_config(5)
+    config = _smoke_config(5, val=True)
     config.val.every = 2
     _run(config, tmp_path / "w", stop_after=3)
     rows = outputs.read_jsonl(str(tmp_path / "w" / "metrics.jsonl"))
@@ -294,7 +302,3 @@ def test_validation_bank_rows(tmp_path):
     assert sorted(r["step"] for r in rows if "val_gap" in r) == [0, 2, 3, 4, 5]
     assert [r["step"] for r in rows] == sorted({r["step"] for r in rows})
     assert result["validation_seconds"] > 0
-    config.val.tasks = 0  # off: no bank, no val rows
-    _run(config, tmp_path / "off")
-    assert not any("val_gap" in r for r in outputs.read_jsonl(
-        str(tmp_path / "off" / "metrics.jsonl")))

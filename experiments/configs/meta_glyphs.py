@@ -83,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.feature.width = 4
         c.meta.update(steps=4, inner_steps=2, min_classes=2, max_classes=4, num_real=16,
                       min_synthetic=2, max_synthetic=8, inner_lr=1e-2, outer_lr=1e-3)
-        c.val.update(tasks=2, steps=2, every=2, eval_draws=1)
+        c.val.update(tasks=2, steps=2, every=100, eval_draws=1)
         c.log_every = 1
         c.checkpoint_every = 2
         c.progress = False
