@@ -109,7 +109,7 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: str) -> None:
     plt = outputs.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     for r in result["runs"]:
         steps = [v["step"] for v in r["val"]]
         ratio = [v["val_ratio"] for v in r["val"]]

@@ -283,7 +283,7 @@ def plot_loss_curve(rows: list[dict[str, Any]], path: str) -> None:
     plt = outputs.pyplot()
     val_rows = [r for r in rows if "val_gap" in r]
     fig, axes = plt.subplots(1, 2 if val_rows else 1, figsize=(11 if val_rows else 6, 3.5),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     ax = axes[0, 0]
     for k, label in (("meta_loss", "meta-test loss (Alg. 1 l. 17)"),
                      ("inner_loss_first", "inner loss, first step"),
