@@ -176,8 +176,9 @@ def test_first_order_and_reptile_gradients_are_the_hand_computed_ones(digits):
 
     first = dataclasses.replace(ADAM, order="first")
     loss, _, g_first, moved = grad_of(first)
-    ref_loss, adapted, g0 = _reference(params, task, key, first)
-    hand = jax.grad(lambda p: _reference(p, task, key, first, stop_inner=True)[0])(params)
+    ref_loss, adapted, g0 = jax.jit(lambda p: _reference(p, task, key, first))(params)
+    hand = jax.jit(jax.grad(lambda p: _reference(p, task, key, first, stop_inner=True)[0]))(
+        params)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     _close_scaled(g_first, hand)
     # (that FOMAML drops real second-order terms: tests/test_meta.py's finite differences)
