@@ -21,8 +21,9 @@ question "does N steps from the meta generator reach fresh's 1000-step accuracy"
 of those. The runs of one start share the seed, so they differ only in length.
 
     python -m experiments.adaptation_curve --dataset='fashion_mnist#classes=5-9' --ipc=10 \
-        --meta_checkpoint=runs/split_reptile/checkpoints --at=0,50,100,200,1000 \
-        --meta_at=0,50,100,200 --schedule=complete --out=results/mechanism_fmnist_0-4_to_5-9_ipc10
+        --meta_checkpoint=results/mechanism_fomaml_fmnist_0-4_to_5-9_ipc10/meta_run/checkpoints \
+        --at=0,50,100,200,1000 --meta_at=0,50,100,200 --schedule=complete \
+        --out=results/mechanism_fomaml_fmnist_0-4_to_5-9_ipc10
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ RUN_FILES = ("config.json", "metrics.jsonl", "loss_curve.png")
 
 def _smoke_config(steps, *, val=False, **meta_overrides):
     """The smoke config on digits; the validation bank off unless ``val`` (it costs each run
-    a compile; test_validation_bank_rows and the SIGTERM test keep it on)."""
+    a compile; the SIGTERM/resume test keeps it on and checks its rows)."""
     c = meta_glyphs.get_config("smoke")
     c.source = "digits"
     c.meta.steps = steps
