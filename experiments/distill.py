@@ -42,6 +42,7 @@ from experiments import cli
 from experiments.configs.datasets import settings_for
 from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import api, checkpoint, data, evaluation, krr, labels, outputs
+from mgdd_jax import objective as objective_lib
 from mgdd_jax.data import sources
 from mgdd_jax.progress import stage
 
@@ -50,7 +51,8 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "distill.py
 # Shorthand flag -> config path.
 SHORTHANDS = (("dataset", "dataset"), ("ipc", "ipc"), ("meta_checkpoint", "meta_checkpoint"),
               ("out", "out"), ("seed", "seed"), ("data_dir", "data_dir"),
-              ("steps", "adapt.steps"), ("overwrite", "overwrite"))
+              ("steps", "adapt.steps"), ("overwrite", "overwrite"),
+              ("objective", "adapt.objective"))
 
 
 def define_flags() -> None:
@@ -69,6 +71,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", None, "Shorthand for --config.seed.")
     flags.DEFINE_string("data_dir", None, "Shorthand for --config.data_dir.")
     flags.DEFINE_bool("overwrite", None, "Shorthand for --config.overwrite.")
+    flags.DEFINE_enum("objective", None, sorted(objective_lib.OBJECTIVES),
+                      "Shorthand for --config.adapt.objective (Alg. 2 line 11's loss, Tab. 3).")
 
 
 def config_from_flags() -> ml_collections.ConfigDict:

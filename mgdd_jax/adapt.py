@@ -55,6 +55,8 @@ class AdaptConfig:
       ipcs: images per class of the synthetic sets adapted on. "single" uses ``ipcs[0]``;
         "multi" draws one of them uniformly per step.
       label_mode: "auto" (one-hot at IPC 1, Eq. 3 otherwise), "analytic" or "onehot".
+      objective: line 11's loss, a name in :data:`mgdd_jax.objective.OBJECTIVES` ("krr": Eq. 1;
+        "dc", "dm": gradient / distribution matching, Tab. 3).
       log_every: record loss and gradient norm every this many steps.
       feature: architecture of the random networks θ and θ*.
     """
@@ -69,6 +71,7 @@ class AdaptConfig:
     init_mode: str
     ipcs: tuple[int, ...]
     label_mode: str
+    objective: str
     log_every: int
     feature: nets.ConvNetConfig
 
@@ -89,6 +92,7 @@ class AdaptConfig:
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         labels.resolve_label_mode(self.label_mode, 1)
+        objective.get_objective(self.objective)
         if not self.reg > 0:
             raise ValueError(f"reg must be > 0, got {self.reg}")
 
@@ -158,15 +162,17 @@ def init_adapt_state(params: Any, config: AdaptConfig) -> dict[str, Any]:
 
 
 def _make_update(gen_config: GeneratorConfig, config: AdaptConfig, num_classes: int):
-    """Alg. 2 lines 9-12 on given images: ``update(state, θ*-key, x_s, y_s, x_t, l_t, ipc)``."""
+    """Alg. 2 lines 9-12 on given images:
+    ``update(state, θ*-key, x_s, y_s, l_s, x_t, l_t, ipc)``."""
     optimizer = make_optimizer(config)
-    loss_fn = functools.partial(objective.generator_krr_loss, gen_config=gen_config,
-                                feature=config.feature, reg=config.reg)
+    loss_fn = functools.partial(objective.generator_loss, gen_config=gen_config,
+                                feature=config.feature, reg=config.reg,
+                                objective=config.objective)
 
-    def update(state, theta_key, x_s, y_s, x_t, l_t, ipc):
-        y_t = krr.centred_onehot(l_t, num_classes)
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"], x_s, y_s, x_t, y_t, ipc,
-                                                  theta_key)
+    def update(state, theta_key, x_s, y_s, l_s, x_t, l_t, ipc):
+        syn = objective.LabelledBatch(x_s, y_s, l_s)
+        real = objective.LabelledBatch(x_t, krr.centred_onehot(l_t, num_classes), l_t)
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"], syn, real, ipc, theta_key)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         new_state = {
             "params": optax.apply_updates(state["params"], updates),
@@ -201,7 +207,8 @@ def make_adapt_step(
     def step(state, key, label_model, batch, *, onehot: bool):
         y_s = _synthetic_labels(label_model, batch["x_s"], batch["l_s"], num_classes,
                                 config.feature, onehot)
-        return update(state, key, batch["x_s"], y_s, batch["x_t"], batch["l_t"], batch["ipc"])
+        return update(state, key, batch["x_s"], y_s, batch["l_s"], batch["x_t"], batch["l_t"],
+                      batch["ipc"])
 
     return step
 
@@ -231,7 +238,7 @@ def make_adapt_chunk(
         fixed = None
         if init is not None:  # Eq. 3 labels of a fixed set: once, not every step
             fixed = (init[0], _synthetic_labels(label_model, init[0], init[1], num_classes,
-                                                feature, onehot))
+                                                feature, onehot), init[1])
 
         def body(state, _):
             k_batch, k_init, k_theta = jax.random.split(
@@ -239,12 +246,11 @@ def make_adapt_chunk(
             t_idx = data_lib.balanced_batch_indices(k_batch, train["index"], config.batch_size)
             if fixed is None:
                 s_idx = data_lib.class_balanced_indices(k_init, train["index"], ipc)
-                x_s = train["x"][s_idx]
-                y_s = _synthetic_labels(label_model, x_s, train["y"][s_idx], num_classes,
-                                        feature, onehot)
+                x_s, l_s = train["x"][s_idx], train["y"][s_idx]
+                y_s = _synthetic_labels(label_model, x_s, l_s, num_classes, feature, onehot)
             else:
-                x_s, y_s = fixed
-            return update(state, k_theta, x_s, y_s, train["x"][t_idx], train["y"][t_idx],
+                x_s, y_s, l_s = fixed
+            return update(state, k_theta, x_s, y_s, l_s, train["x"][t_idx], train["y"][t_idx],
                           jnp.float32(ipc))
 
         state, metrics = jax.lax.scan(body, state, None, length=length)

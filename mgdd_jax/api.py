@@ -275,7 +275,7 @@ def load(path: str) -> Distiller:
                          f"{DISTILLER_FORMAT!r}; save it again with this version")
     z = dict(np.load(os.path.join(path, "distiller.npz")))
     gen_config = gen_lib.GeneratorConfig.from_dict(meta["gen_config"])
-    a = dict(meta["adapt"])
+    a = {"objective": "krr", **meta["adapt"]}  # saved before objectives existed: Eq. 1
     adapt_cfg = adapt_lib.AdaptConfig(**{**a, "feature": nets.ConvNetConfig(**a["feature"])})
     image_shape = tuple(meta["image_shape"])
     params, _ = checkpoint.load_generator(os.path.join(path, "generator"), gen_config,

@@ -173,7 +173,9 @@ def check_compatible(stored: GeneratorConfig, wanted: GeneratorConfig, where: st
     """Raise :class:`CheckpointMismatchError` unless ``stored`` can load into ``wanted``."""
     check_config_matches(
         {"generator": dataclasses.asdict(stored)}, {"generator": dataclasses.asdict(wanted)},
-        where=where, what="generator", ignore=("generator.image_channels",),
+        where=where, what="generator",
+        # Channel adaptors are added on load; the size-embedding switch changes no parameter.
+        ignore=("generator.image_channels", "generator.size_embedding"),
         advice="Load it with a matching config ({fix}) or pick a checkpoint of this "
                "architecture.")
 

@@ -56,6 +56,9 @@ class GeneratorConfig:
       embed_channels: channels of the size embedding concatenated at the bottleneck.
       core_channels: channels the core works in (3: the meta generator is trained on RGB).
       image_channels: channels of the target images; adaptors are added when they differ.
+      size_embedding: feed the IPC to the size embedding. False is Fig. 3's "w/o size
+        embedding" ablation: the size input is 0 for every set, so the generator cannot tell
+        sizes apart; the parameters are the same, so checkpoints load either way.
     """
 
     width: int = 64
@@ -65,6 +68,7 @@ class GeneratorConfig:
     embed_channels: int = 16
     core_channels: int = 3
     image_channels: int = 3
+    size_embedding: bool = True
 
     def __post_init__(self):
         if min(self.width, self.embed_dim, self.embed_channels) < 1:
@@ -171,7 +175,7 @@ class Generator(nn.Module):
         h = _Block(w3, cfg.norm, name="enc2")(h)
 
         # Size embedding: sinusoids → MLP, broadcast over the bottleneck's positions.
-        e = size_encoding(size, cfg.embed_dim)
+        e = size_encoding(size if cfg.size_embedding else jnp.zeros_like(size), cfg.embed_dim)
         e = nn.Dense(4 * cfg.embed_dim, name="embed_fc0")(e)
         e = nn.Dense(cfg.embed_channels, name="embed_fc1")(nn.silu(e))
         e = jnp.broadcast_to(e[:, None, None, :], (h.shape[0], *h.shape[1:3], e.shape[-1]))

@@ -140,3 +140,18 @@ def conv_features(
     else:
         features, _ = ConvNet(config).apply(variables, x, train=False)
     return features
+
+
+def conv_logits(
+    variables: dict[str, Any], x: chex.Array, config: ConvNetConfig
+) -> jax.Array:
+    """The ConvNet's logits ``(n, num_classes)`` (batch norm: batch statistics), e.g. for the
+    cross-entropy of DC's gradient matching (:func:`mgdd_jax.objective.dc_objective`)."""
+    _check_images(x)
+    if config.norm == "batch":
+        (_, logits), _ = ConvNet(config).apply(
+            variables, x, train=True, mutable=["batch_stats"]
+        )
+    else:
+        _, logits = ConvNet(config).apply(variables, x, train=False)
+    return logits

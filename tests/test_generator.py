@@ -70,6 +70,30 @@ def test_size_embedding_changes_output():
     assert float(jnp.abs(y1 - y10).max()) > 1e-4
 
 
+def test_without_size_embedding_every_size_is_the_same_and_checkpoints_load(tmp_path):
+    """Fig. 3's ablation: ``size_embedding=False`` is the generator fed size 0 for every set;
+    same parameters, so a checkpoint saved with the embedding loads without it (and back)."""
+    import dataclasses
+
+    from mgdd_jax import checkpoint
+
+    cfg = gen.GeneratorConfig(**TINY, image_channels=3)
+    off = dataclasses.replace(cfg, size_embedding=False)
+    params = perturbed(gen.init_generator(jax.random.key(0), (8, 8, 3), cfg), jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
+    y1, y50 = (gen.apply_generator(params, x, s, off) for s in (1, 50))
+    np.testing.assert_array_equal(y1, y50)
+    np.testing.assert_array_equal(y1, gen.apply_generator(params, x, 0, cfg))
+    assert float(jnp.abs(y1 - gen.apply_generator(params, x, 1, cfg)).max()) > 1e-4
+    checkpoint.save_generator(str(tmp_path / "ckpt"), 1, params, cfg)
+    loaded, _ = checkpoint.load_generator(str(tmp_path / "ckpt"), off, (8, 8, 3))
+    np.testing.assert_array_equal(gen.apply_generator(loaded, x, 7, off), y1)
+    # Other fields still have to match.
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="width"):
+        checkpoint.load_generator(str(tmp_path / "ckpt"),
+                                  dataclasses.replace(off, width=8), (8, 8, 3))
+
+
 def test_size_encoding_matches_formula():
     enc = np.asarray(gen.size_encoding(jnp.array([3.0, 50.0]), 8))
     freqs = np.exp(-math.log(10_000.0) * np.arange(4) / 4)

@@ -89,7 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Fig. 7 generator; image_channels is set from the data.
     c.generator = ml_collections.ConfigDict(
         dict(width=32, double_width=False, norm="instance", embed_dim=32, embed_channels=16,
-             core_channels=3))
+             core_channels=3, size_embedding=True))  # False: Fig. 3's ablation
     # The random networks θ (Eq. 3) and θ* (Eq. 1); num_classes is set from the data.
     c.feature = ml_collections.ConfigDict(dict(width=64, depth=3, double_width=False,
                                                norm="instance"))
@@ -101,6 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
              init_mode="auto",  # "auto": single for one IPC, multi over the IPCs otherwise
              ipcs="",  # comma list of IPCs adapted on; "" = the requested IPCs
              label_mode="auto",  # "auto": one-hot at IPC 1, Eq. 3 otherwise
+             objective="krr",  # line 11's loss: "krr" (Eq. 1), "dc" or "dm" (Tab. 3)
              log_every=10))
     c.eval = ml_collections.ConfigDict(
         dict(protocol="cpu", num_seeds=3, steps=0,  # 0: the protocol's steps-by-size table

@@ -50,7 +50,7 @@ def base_config(source: str) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.generator = ml_collections.ConfigDict(
         dict(width=32, double_width=False, norm="instance", embed_dim=32, embed_channels=16,
-             core_channels=3))
+             core_channels=3, size_embedding=True))  # False: Fig. 3's ablation
     c.feature = ml_collections.ConfigDict(dict(width=64, depth=3, double_width=False,
                                                norm="instance", num_classes=10))
     c.meta = ml_collections.ConfigDict(dict(
