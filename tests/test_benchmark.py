@@ -157,3 +157,12 @@ def test_summary_time_to_accuracy_and_new_ipc_cost():
                              "eval_protocol": {"num_seeds": 3, "name": "cpu"},
                              "dataset": "fashion_mnist", "variant": "cpu", "device": "cpu"})
     assert "82.0 ± 1.0 (83.4)" in md and "11.1×" in md and "10000×" in md
+    # With another adaptation objective (Tab. 3) the paper's KRR figures are not shown.
+    s_dm = benchmark.summarise(runs, 1000, "fashion_mnist", "dm")
+    assert s_dm["accuracy"]["mgdd"]["10"]["paper"] is None
+    md_dm = benchmark.markdown({"summary": s_dm, "ipcs": [10], "methods": ["mgdd"],
+                                "eval_protocol": {"num_seeds": 3, "name": "cpu"},
+                                "config": {"adapt": {"objective": "dm"}},
+                                "dataset": "fashion_mnist", "variant": "cpu", "device": "cpu"})
+    assert "Adaptation objective: **dm**" in md_dm and "(83.4)" not in md_dm
+    assert "Adaptation objective" not in md

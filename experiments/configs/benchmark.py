@@ -65,6 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.long = False  # also a snapshot at 2000 steps
     c.out = ""  # default: results/<dataset>/ (benchmark.json, tables, PNGs)
     c.frepo = frepo_config(variant)
+    # Method "pixel": the images learned directly with adapt.objective (SGD with momentum, as
+    # DM's and DC's codes); learning_rate 0 = the objective's published one (dm 1.0, dc 0.1).
+    c.pixel = ml_collections.ConfigDict(dict(learning_rate=0.0, momentum=0.5))
     if variant == "smoke":
         c.ipc = "1,2"
         c.snapshot_steps = "0,1,3"

@@ -10,8 +10,8 @@ registered in :data:`METHODS` under its name:
   current set (``0``: the set before any optimisation); a method without optimisation steps
   (``random``) yields one snapshot at step 0 whatever is asked;
 * ``config``: the benchmark config (``experiments/configs/benchmark.py``), read-only; each
-  method reads its own subtree (``frepo``) and the shared ones (``generator``, ``feature``,
-  ``adapt``, ``labels``, ``meta_checkpoint``).
+  method reads its own subtree (``frepo``, ``pixel``) and the shared ones (``generator``,
+  ``feature``, ``adapt``, ``labels``, ``meta_checkpoint``).
 
 Each :class:`Snapshot` carries the set (``(n, H, W, C)`` float32 images, ``(n, C)`` float32
 regression targets: soft labels, or centred one-hot) and the method's own cumulative wall time up
@@ -99,3 +99,4 @@ def run_method(name: str, key: chex.PRNGKey, dataset: data.Dataset, ipc: int,
 # Importing the method modules registers them.
 from mgdd_jax.baselines import generators  # noqa: E402,F401
 from mgdd_jax.baselines import frepo  # noqa: E402,F401
+from mgdd_jax.baselines import pixel  # noqa: E402,F401
