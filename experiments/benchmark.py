@@ -138,7 +138,20 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     d = json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
     for k in ("out", "overwrite", "methods", "ipc"):
         d.pop(k, None)
+    # Fields added after results were first committed: at their default they equal absence.
+    for path, default in LATER_FIELDS.items():
+        *parents, last = path.split(".")
+        node = d
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and node.get(last, default) == default:
+            node.pop(last, None)
     return d
+
+
+LATER_FIELDS: dict[str, Any] = {
+    "adapt.objective": "krr", "eval.archs": "convnet", "generator.size_embedding": True,
+    "pixel": {"learning_rate": 0.0, "momentum": 0.5}}
 
 
 def prepare(config: ml_collections.ConfigDict) -> Prepared:
@@ -158,6 +171,10 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     while not os.path.isdir(parent):
         parent = os.path.dirname(parent)
     outputs.check_writable_dir(parent)
+    if len(distill.eval_archs(config)) != 1:
+        raise ValueError(f"the benchmark evaluates on one architecture, got --config.eval.archs="
+                         f"{config.eval.archs!r}; run it once per architecture with its own "
+                         "--out")
     protocol = distill.eval_protocol(config, config.dataset)
     row = settings_for(config.dataset)
     stage(f"loading {config.dataset} (ZCA={row['zca']})")

@@ -41,7 +41,7 @@ from ml_collections import config_flags
 from experiments import cli
 from experiments.configs.datasets import settings_for
 from mgdd_jax import adapt as adapt_lib
-from mgdd_jax import api, checkpoint, data, evaluation, krr, labels, outputs
+from mgdd_jax import api, checkpoint, data, evaluation, krr, labels, nets, outputs
 from mgdd_jax import objective as objective_lib
 from mgdd_jax.data import sources
 from mgdd_jax.progress import stage
@@ -52,7 +52,7 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "distill.py
 SHORTHANDS = (("dataset", "dataset"), ("ipc", "ipc"), ("meta_checkpoint", "meta_checkpoint"),
               ("out", "out"), ("seed", "seed"), ("data_dir", "data_dir"),
               ("steps", "adapt.steps"), ("overwrite", "overwrite"),
-              ("objective", "adapt.objective"))
+              ("objective", "adapt.objective"), ("eval_arch", "eval.archs"))
 
 
 def define_flags() -> None:
@@ -71,6 +71,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", None, "Shorthand for --config.seed.")
     flags.DEFINE_string("data_dir", None, "Shorthand for --config.data_dir.")
     flags.DEFINE_bool("overwrite", None, "Shorthand for --config.overwrite.")
+    flags.DEFINE_string("eval_arch", None,
+                        "Shorthand for --config.eval.archs: evaluation architectures, e.g. "
+                        "convnet,alexnet,vgg11,resnet18 (Tab. 4; the first is the main one).")
     flags.DEFINE_enum("objective", None, sorted(objective_lib.OBJECTIVES),
                       "Shorthand for --config.adapt.objective (Alg. 2 line 11's loss, Tab. 3).")
 
@@ -93,13 +96,34 @@ class Prepared:
     dataset: data.Dataset
     fit: api.FitConfig
     protocol: evaluation.EvalProtocol
+    # Every architecture of --eval_arch, the first being ``protocol``'s (Tab. 4).
+    protocols: dict[str, evaluation.EvalProtocol] = dataclasses.field(default_factory=dict)
 
 
-def eval_protocol(config: ml_collections.ConfigDict, dataset: str) -> evaluation.EvalProtocol:
+def eval_archs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """``config.eval.archs`` (``--eval_arch``) as a tuple of names in ``nets.ARCHS``."""
+    text = str(config.eval.archs)
+    archs = tuple(a.strip() for a in text.split(","))
+    if not text.strip() or any(not a for a in archs):
+        raise ValueError(f"--eval_arch={text!r} must be a comma list of architectures without "
+                         f"empty items, from {nets.ARCHS}, e.g. convnet,alexnet")
+    unknown = [a for a in archs if a not in nets.ARCHS]
+    if unknown:
+        raise ValueError(f"--eval_arch: unknown architecture(s) {unknown}; choose from "
+                         f"{nets.ARCHS}")
+    if len(set(archs)) != len(archs):
+        raise ValueError(f"--eval_arch={text!r} names an architecture twice")
+    return archs
+
+
+def eval_protocol(config: ml_collections.ConfigDict, dataset: str,
+                  network: str | None = None) -> evaluation.EvalProtocol:
     """``config.eval``'s protocol for ``dataset`` (flips by the per-dataset table), with the
-    config's number of seeds and, if set, steps."""
+    config's number of seeds and, if set, steps; on ``network`` (default the first of
+    ``config.eval.archs``)."""
     protocol = evaluation.get_protocol(config.eval.protocol, dataset)
-    changes: dict[str, Any] = {"num_seeds": config.eval.num_seeds}
+    changes: dict[str, Any] = {"num_seeds": config.eval.num_seeds,
+                               "network": network or eval_archs(config)[0]}
     if config.eval.steps:
         changes["steps"] = config.eval.steps
     return dataclasses.replace(protocol, **changes)
@@ -116,14 +140,15 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     sources.resolve_source(config.dataset)  # unknown dataset names fail here
     out = outputs.check_output_dir(config.out, overwrite=config.overwrite)
     fit_config = api.FitConfig.from_config(config, ipcs, config.meta_checkpoint)
-    protocol = eval_protocol(config, config.dataset)
+    protocols = {a: eval_protocol(config, config.dataset, a) for a in eval_archs(config)}
+    protocol = next(iter(protocols.values()))
     row = settings_for(config.dataset)
     stage(f"loading {config.dataset} (ZCA={row['zca']})")
     ds = data.load_dataset(config.dataset, data_dir=config.data_dir or None, zca=row["zca"],
                            image_size=row["image_size"] or None)
     for k in ipcs:
         data.check_per_class(ds, k, what="IPC")
-    return Prepared(config, out, ipcs, ds, fit_config.bind(ds), protocol)
+    return Prepared(config, out, ipcs, ds, fit_config.bind(ds), protocol, protocols)
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -162,6 +187,7 @@ def _execute_into(prep: Prepared, out: str) -> dict[str, Any]:
         "timing": dict(info["timing"]),
         "results": {},
         "eval_protocol": protocol.to_dict(),
+        "eval_archs": list(prep.protocols),  # the order of --eval_arch (JSON sorts dicts)
         "device": str(jax.devices()[0]),
     }
     for ipc in prep.ipcs:
@@ -169,6 +195,9 @@ def _execute_into(prep: Prepared, out: str) -> dict[str, Any]:
             ipc, distiller, prep, out, jax.random.fold_in(k_eval, ipc))
     metrics["timing"]["total_s"] = time.perf_counter() - t_job
     outputs.write_json(os.path.join(out, "metrics.json"), metrics)
+    if len(prep.protocols) > 1 and config.eval.enabled:
+        outputs.write_text(os.path.join(out, "cross_arch.md"),
+                           cross_arch_markdown(metrics, tuple(prep.protocols)))
     _summary(metrics)
     return metrics
 
@@ -209,7 +238,27 @@ def _generate_and_evaluate(ipc: int, distiller: api.Distiller, prep: Prepared, o
             result["random_real_baseline"] = evaluation.evaluate_synthetic(
                 k_eval, x_init, krr.centred_onehot(l_init, c), ds.x_test, ds.y_test, protocol,
                 num_classes=c)
+        if len(prep.protocols) > 1:  # Tab. 4: the same set trained on unseen architectures
+            by_arch = {protocol.network: result["eval"]}
+            for arch, p in list(prep.protocols.items())[1:]:
+                stage(f"evaluating IPC {ipc} on {arch} ({p.num_seeds} seeds)")
+                by_arch[arch] = evaluation.evaluate_synthetic(k_eval, x_syn, y_syn, ds.x_test,
+                                                              ds.y_test, p, num_classes=c)
+            result["eval_by_arch"] = by_arch
     return result
+
+
+def cross_arch_markdown(metrics: dict[str, Any], archs: tuple[str, ...]) -> str:
+    """Tab. 4-like table: test accuracy (%) of the generated set per IPC and architecture."""
+    lines = [f"{metrics['dataset']}: test accuracy (%) of the generated sets, mean ± std over "
+             f"{metrics['eval_protocol']['num_seeds']} networks per architecture "
+             f"(adapted with {archs[0]}'s random features; the others unseen).", "",
+             "| IPC | " + " | ".join(archs) + " |", "|---|" + "---|" * len(archs)]
+    for ipc, r in metrics["results"].items():
+        cells = [f"{100 * r['eval_by_arch'][a]['mean']:.1f} ± "
+                 f"{100 * r['eval_by_arch'][a]['std']:.1f}" for a in archs]
+        lines.append(f"| {ipc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _summary(metrics: dict[str, Any]) -> None:
@@ -226,6 +275,9 @@ def _summary(metrics: dict[str, Any]) -> None:
             b = r["random_real_baseline"]
             line += f" (random real: {100 * b['mean']:.2f} ± {100 * b['std']:.2f}%)"
         lines.append(line)
+        for arch, e in list(r.get("eval_by_arch", {}).items())[1:]:
+            lines.append(f"{'':14}{arch}: test acc {100 * e['mean']:.2f} ± "
+                         f"{100 * e['std']:.2f}%")
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

@@ -87,6 +87,8 @@ class EvalProtocol:
     Attributes:
       width, depth, norm, double_width: the evaluation ConvNet (:class:`nets.ConvNetConfig`
         fields; ``num_classes`` comes from the labels).
+      network: the evaluation architecture, ``"convnet"`` or an unseen one of Tab. 4
+        (``nets.ARCHS``: alexnet, vgg11, resnet18; width and depth apply to the ConvNet only).
       learning_rate: Adam peak learning rate.
       warmup_steps: linear warm-up from 0; cut to ``steps // 2`` for short runs.
       final_lr_fraction: the cosine decay ends at ``learning_rate * final_lr_fraction``.
@@ -115,12 +117,13 @@ class EvalProtocol:
     num_seeds: int = 3
     test_batch_size: int = 1000
     name: str = "custom"
+    network: str = "convnet"
 
     def __post_init__(self):
         # JSON gives lists: store the table as a tuple of int pairs (hashable, comparable).
         table = tuple((int(k), int(v)) for k, v in self.steps_table)
         object.__setattr__(self, "steps_table", table)
-        self.arch(1)  # validates width / depth / norm
+        self.arch(1)  # validates width / depth / norm / network
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate}")
         if self.warmup_steps < 0:
@@ -158,6 +161,7 @@ class EvalProtocol:
             double_width=self.double_width,
             norm=self.norm,
             num_classes=num_classes,
+            arch=self.network,
         )
 
     def steps_for(self, n_syn: int) -> int:
@@ -358,7 +362,7 @@ def _make_step(
     per-step loop (:func:`_build_train_step`) and the batched chunk (:func:`_build_train_chunk`),
     so both compute the same thing."""
     config = protocol.arch(num_classes)
-    model = nets.ConvNet(config)
+    model = nets.build_model(config)
     tx = protocol.optimizer(steps)
     schedule = protocol.schedule(steps)
     augment_fn = augment_lib.make_augment(protocol.augment)
@@ -771,7 +775,7 @@ def _train_batched(
 
 @functools.lru_cache(maxsize=32)
 def _build_predict(arch: nets.ConvNetConfig) -> Callable[[dict[str, Any], jax.Array], jax.Array]:
-    model = nets.ConvNet(arch)
+    model = nets.build_model(arch)
 
     def predict(variables, x):
         _, logits = model.apply(variables, x, train=False)
@@ -790,7 +794,7 @@ def accuracy(
     """Fraction of ``x`` whose argmax logit equals the label.
 
     Args:
-      variables: flax variables of ``nets.ConvNet(arch)``.
+      variables: flax variables of ``nets.build_model(arch)``.
       x: ``(n, H, W, C)`` images.
       y: ``(n,)`` class ids, or ``(n, C)`` one-hot / soft rows (argmax).
       arch: the network's config.
@@ -820,7 +824,7 @@ def _build_predict_many(
     arch: nets.ConvNetConfig, mode: str
 ) -> Callable[[dict[str, Any], jax.Array], jax.Array]:
     """Jitted ``(variables with a leading M axis, x (b, H, W, C)) -> predictions (M, b)``."""
-    model = nets.ConvNet(arch)
+    model = nets.build_model(arch)
 
     def predict(variables, x):
         _, logits = model.apply(variables, x, train=False)

@@ -55,6 +55,8 @@ def test_end_to_end_outputs(finished_run):
     for k in ("label_solve_s", "adaptation_s", "adaptation_s_per_step", "total_s"):
         assert on_disk["timing"][k] > 0
     assert on_disk["adapt"]["init_mode"] == "multi"  # two IPCs -> multi-initialisation
+    assert "eval_by_arch" not in on_disk["results"]["1"]  # one architecture: no table
+    assert "cross_arch.md" not in names
 
     z = np.load(out / "ipc2.npz")
     assert z["images"].shape == (20, 28, 28, 1) and z["labels"].shape == (20, 10)
@@ -64,6 +66,26 @@ def test_end_to_end_outputs(finished_run):
     assert meta["eval_protocol"]["num_seeds"] == 2
     pre = data.Preprocessing.from_arrays(z)  # preprocessing travels with the set
     assert pre.mean.shape == (1,)
+
+
+def test_eval_arch_evaluates_on_every_architecture(tmp_path):
+    """--eval_arch (Tab. 4): the first architecture's result is "eval", every one is in
+    "eval_by_arch" (order in "eval_archs"), and cross_arch.md tabulates them. Digits (8×8)
+    keep AlexNet's test pass cheap."""
+    out = tmp_path / "arch"
+    metrics = distill.run(smoke(**{"out": str(out), "dataset": "digits", "ipc": "1",
+                                   "eval.archs": "convnet,alexnet",
+                                   "eval.random_baseline": False}))
+    on_disk = json.load(open(out / "metrics.json"))
+    assert on_disk["eval_archs"] == metrics["eval_archs"] == ["convnet", "alexnet"]
+    by_arch = on_disk["results"]["1"]["eval_by_arch"]
+    assert set(by_arch) == {"convnet", "alexnet"}
+    assert by_arch["convnet"] == on_disk["results"]["1"]["eval"]
+    assert by_arch["convnet"]["protocol"]["network"] == "convnet"
+    assert by_arch["alexnet"]["protocol"]["network"] == "alexnet"
+    assert len(by_arch["alexnet"]["per_seed"]) == 2
+    table = (out / "cross_arch.md").read_text()
+    assert "| IPC | convnet | alexnet |" in table and table.count("\n| 1 | ") == 1
 
 
 def test_generate_more_ipcs_later_with_zero_steps(finished_run, tmp_path):
@@ -104,6 +126,10 @@ def test_checkpoint_round_trip(finished_run):
         ({"eval.protocol": "fast"}, "unknown evaluation protocol"),
         ({"adapt.init_mode": "pool"}, "init_mode"),
         ({"adapt.batch_size": 100000}, "real batch per class"),
+        ({"adapt.objective": "gm"}, "unknown objective 'gm'"),
+        ({"eval.archs": "convnet,lenet"}, r"unknown architecture\(s\) \['lenet'\]"),
+        ({"eval.archs": "convnet,,vgg11"}, "without empty items"),
+        ({"eval.archs": "vgg11,vgg11"}, "names an architecture twice"),
     ],
 )
 def test_bad_input_is_refused_before_work(tmp_path, monkeypatch, overrides, match):

@@ -131,3 +131,63 @@ def test_fast_conv_path_same_params_features_and_input_gradient():
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(f1, f0, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-5 * float(jnp.abs(g0).max()))
+
+
+# ------------------------------------------------------------- Tab. 4's unseen architectures
+def _conv(k, c_in, c_out, bias=True):
+    return k * k * c_in * c_out + (c_out if bias else 0)
+
+
+def _expected_params(arch, shape, classes):
+    """Parameter counts from the layer lists (FRePo's variants, module docstring), no norm."""
+    c = shape[-1]
+    if arch == "alexnet":
+        convs = (_conv(5, c, 128) + _conv(5, 128, 192) + _conv(3, 192, 256)
+                 + _conv(3, 256, 192) + _conv(3, 192, 192))
+        p = 4 * 4 * 192  # (28 + 4 pad) or 32 -> 16 -> 8 -> 4
+    elif arch == "vgg11":
+        convs = _conv(3, c, 128) + 7 * _conv(3, 128, 128)
+        p = 128  # five pools: 32 -> 1
+    else:  # resnet18: bias-free convs, projection shortcuts where the shape changes
+        convs = _conv(3, c, 64, False) + 4 * _conv(3, 64, 64, False)
+        for a, b in ((64, 128), (128, 256), (256, 512)):
+            convs += _conv(3, a, b, False) + 3 * _conv(3, b, b, False) + _conv(1, a, b, False)
+        p = 4 * 4 * 512  # 32 -> 32 -> 16 -> 8 -> 4 (28 -> 28 -> 14 -> 7 -> 4)
+    return convs + p * classes + classes, p
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg11", "resnet18"])
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_unseen_architectures_shapes_and_parameter_counts(arch, shape):
+    cfg = nets.ConvNetConfig(arch=arch, norm="none", num_classes=10)
+    variables = jax.eval_shape(lambda: nets.init_feature_params(jax.random.key(0), shape, cfg))
+    count = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables))
+    want, p = _expected_params(arch, shape, 10)
+    assert count == want
+    x = jax.ShapeDtypeStruct((3, *shape), jnp.float32)
+    feats, logits = jax.eval_shape(lambda v, x: nets.build_model(cfg).apply(v, x), variables, x)
+    assert feats.shape == (3, p) and logits.shape == (3, 10)
+    assert cfg.feature_dim(shape) == p
+
+
+def test_resnet18_against_the_published_cifar_count():
+    """kuangliu's CIFAR ResNet-18 (batch norm, global pooling, 512 -> 10 head) has 11,173,962
+    parameters; ours differs only in the head, fed the flattened 4×4×512 map (FRePo's)."""
+    cfg = nets.ConvNetConfig(arch="resnet18", norm="batch", num_classes=10)
+    v = jax.eval_shape(lambda: nets.init_feature_params(jax.random.key(0), (32, 32, 3), cfg))
+    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(v["params"]))
+    assert count == 11_173_962 - (512 * 10 + 10) + (4 * 4 * 512 * 10 + 10)
+
+
+def test_unseen_architecture_forward_and_norms():
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    for arch, norm in (("vgg11", "batch"), ("resnet18", "instance"), ("alexnet", "none")):
+        cfg = nets.ConvNetConfig(arch=arch, norm=norm, num_classes=3)
+        v = nets.init_feature_params(jax.random.key(0), (8, 8, 1), cfg)
+        logits = nets.conv_logits(v, x, cfg)
+        assert logits.shape == (2, 3) and bool(jnp.all(jnp.isfinite(logits)))
+        assert ("batch_stats" in v) == (norm == "batch")
+    with pytest.raises(ValueError, match="alexnet has no normalisation"):
+        nets.ConvNetConfig(arch="alexnet", norm="instance")
+    with pytest.raises(ValueError, match="unknown architecture 'resnet50'"):
+        nets.ConvNetConfig(arch="resnet50")

@@ -106,6 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(
         dict(protocol="cpu", num_seeds=3, steps=0,  # 0: the protocol's steps-by-size table
              enabled=True,
+             archs="convnet",  # comma list (Tab. 4): convnet, alexnet, vgg11, resnet18
              random_baseline=True))  # also evaluate the initial real images, one-hot labels
 
     if knobs["size"] == "paper":

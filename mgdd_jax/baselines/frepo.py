@@ -356,7 +356,7 @@ def online_loss(variables: Any, x: chex.Array, y: chex.Array,
                 feature: nets.ConvNetConfig) -> jax.Array:
     """The online models' loss (``train_step`` with ``mean_squared_loss``):
     ``0.5 * mean_i sum_c (logits - y)²``."""
-    _, logits = nets.ConvNet(feature).apply(variables, x, train=True)
+    _, logits = nets.build_model(feature).apply(variables, x, train=True)
     return 0.5 * jnp.mean(jnp.sum((logits - y) ** 2, axis=-1))
 
 
