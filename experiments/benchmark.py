@@ -151,6 +151,7 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 LATER_FIELDS: dict[str, Any] = {
     "adapt.objective": "krr", "eval.archs": "convnet", "generator.size_embedding": True,
+    "reinit_seed": -1,
     "pixel": {"learning_rate": 0.0, "momentum": 0.5}}
 
 
@@ -171,6 +172,9 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     while not os.path.isdir(parent):
         parent = os.path.dirname(parent)
     outputs.check_writable_dir(parent)
+    if config.reinit_seed != -1:
+        raise ValueError("--config.reinit_seed is a distill option (generation from another "
+                         "initial set); the benchmark draws its sets from --config.seed")
     if len(distill.eval_archs(config)) != 1:
         raise ValueError(f"the benchmark evaluates on one architecture, got --config.eval.archs="
                          f"{config.eval.archs!r}; run it once per architecture with its own "

@@ -99,6 +99,14 @@ def test_generate_more_ipcs_later_with_zero_steps(finished_run, tmp_path):
     assert metrics["started_from"] == str(out / "generator")
     # The adapted generator was loaded, not a fresh one: output differs from the input.
     assert metrics["results"]["3"]["mean_abs_change"] > 0
+    # --reinit_seed: the same generator applied to another initial set, no re-adaptation.
+    c.out, c.reinit_seed = str(tmp_path / "reinit"), 5
+    again = distill.run(c)
+    z2 = np.load(tmp_path / "reinit" / "ipc3.npz")
+    assert not np.array_equal(z2["initial_images"], z["initial_images"])
+    assert np.bincount(z2["class_ids"], minlength=10).tolist() == [3] * 10
+    assert again["results"]["3"]["init"] == "class-balanced draw of reinit_seed=5"
+    assert again["adapt"]["steps"] == 0
 
 
 def test_checkpoint_round_trip(finished_run):
@@ -130,6 +138,7 @@ def test_checkpoint_round_trip(finished_run):
         ({"eval.archs": "convnet,lenet"}, r"unknown architecture\(s\) \['lenet'\]"),
         ({"eval.archs": "convnet,,vgg11"}, "without empty items"),
         ({"eval.archs": "vgg11,vgg11"}, "names an architecture twice"),
+        ({"reinit_seed": -2}, "--reinit_seed must be >= 0"),
     ],
 )
 def test_bad_input_is_refused_before_work(tmp_path, monkeypatch, overrides, match):

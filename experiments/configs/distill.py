@@ -82,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data_dir = ""
     c.ipc = "10"  # comma list, e.g. "1,10,50"
     c.seed = 0
+    c.reinit_seed = -1  # >= 0: generate from initial sets drawn with this seed (Tab. 5)
     c.out = ""
     c.overwrite = False  # replace an --out that already holds results
     c.meta_checkpoint = SHIPPED_META_CHECKPOINT
