@@ -48,7 +48,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli, distill
-from experiments.configs.datasets import settings_for
 from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import api, baselines, data, evaluation, outputs
 from mgdd_jax.progress import stage
@@ -151,7 +150,7 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 LATER_FIELDS: dict[str, Any] = {
     "adapt.objective": "krr", "eval.archs": "convnet", "generator.size_embedding": True,
-    "reinit_seed": -1,
+    "reinit_seed": -1, "image_size": 0,
     "pixel": {"learning_rate": 0.0, "momentum": 0.5}}
 
 
@@ -180,10 +179,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
                          f"{config.eval.archs!r}; run it once per architecture with its own "
                          "--out")
     protocol = distill.eval_protocol(config, config.dataset)
-    row = settings_for(config.dataset)
-    stage(f"loading {config.dataset} (ZCA={row['zca']})")
-    ds = data.load_dataset(config.dataset, data_dir=config.data_dir or None, zca=row["zca"],
-                           image_size=row["image_size"] or None)
+    ds = distill.load_data(config)
     for k in ipcs:
         data.check_per_class(ds, k, what="IPC")
     prep = Prepared(config, out, stem, methods, ipcs, steps, ds, protocol)

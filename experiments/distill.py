@@ -148,13 +148,24 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     fit_config = api.FitConfig.from_config(config, ipcs, config.meta_checkpoint)
     protocols = {a: eval_protocol(config, config.dataset, a) for a in eval_archs(config)}
     protocol = next(iter(protocols.values()))
-    row = settings_for(config.dataset)
-    stage(f"loading {config.dataset} (ZCA={row['zca']})")
-    ds = data.load_dataset(config.dataset, data_dir=config.data_dir or None, zca=row["zca"],
-                           image_size=row["image_size"] or None)
+    ds = load_data(config)
     for k in ipcs:
         data.check_per_class(ds, k, what="IPC")
     return Prepared(config, out, ipcs, ds, fit_config.bind(ds), protocol, protocols)
+
+
+def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
+    """``config.dataset`` with the per-dataset table's preprocessing, resized to
+    ``config.image_size`` when set (another resolution than the native one, Tab. 9)."""
+    row = settings_for(config.dataset)
+    if config.image_size < 0:
+        raise ValueError(f"--config.image_size must be >= 1 (or 0: the dataset's own), got "
+                         f"{config.image_size}")
+    size = config.image_size or row["image_size"] or None
+    stage(f"loading {config.dataset} (ZCA={row['zca']}"
+          + (f", resized to {size}x{size})" if size else ")"))
+    return data.load_dataset(config.dataset, data_dir=config.data_dir or None, zca=row["zca"],
+                             image_size=size)
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:

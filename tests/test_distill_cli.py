@@ -88,6 +88,27 @@ def test_eval_arch_evaluates_on_every_architecture(tmp_path):
     assert "| IPC | convnet | alexnet |" in table and table.count("\n| 1 | ") == 1
 
 
+def test_rgb_generator_adapts_to_grey_data_at_another_resolution(tmp_path):
+    """Tab. 8/9: a generator made for RGB 8×8 images adapts to grey digits resized to 12×12
+    (channel adaptors, fully convolutional), with --config.image_size."""
+    import dataclasses
+
+    import jax
+
+    c = smoke(**{"out": str(tmp_path / "res"), "dataset": "digits", "ipc": "1",
+                 "image_size": 12, "eval.enabled": False})
+    rgb = dataclasses.replace(gen_lib.GeneratorConfig(**c.generator.to_dict()), image_channels=3)
+    params = gen_lib.init_generator(jax.random.key(0), (8, 8, 3), rgb)
+    params = jax.tree.map(lambda a: a + 0.05, params)  # not the identity
+    checkpoint.save_generator(str(tmp_path / "rgb"), 1, params, rgb, {"kind": "meta"})
+    c.meta_checkpoint = str(tmp_path / "rgb")
+    metrics = distill.run(c)
+    z = np.load(tmp_path / "res" / "ipc1.npz")
+    assert z["images"].shape == (10, 12, 12, 1)
+    assert json.loads(str(z["metadata"]))["dataset"]["image_shape"] == [12, 12, 1]
+    assert metrics["started_from"] == str(tmp_path / "rgb")
+
+
 def test_generate_more_ipcs_later_with_zero_steps(finished_run, tmp_path):
     out, _ = finished_run
     c = smoke(out=str(tmp_path / "later"), ipc="3", meta_checkpoint=str(out / "generator"))
@@ -139,6 +160,7 @@ def test_checkpoint_round_trip(finished_run):
         ({"eval.archs": "convnet,,vgg11"}, "without empty items"),
         ({"eval.archs": "vgg11,vgg11"}, "names an architecture twice"),
         ({"reinit_seed": -2}, "--reinit_seed must be >= 0"),
+        ({"image_size": -1}, "image_size must be >= 1"),
     ],
 )
 def test_bad_input_is_refused_before_work(tmp_path, monkeypatch, overrides, match):

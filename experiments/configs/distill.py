@@ -80,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.variant = ",".join(f"{k}={v}" for k, v in sorted(knobs.items()))
     c.dataset = "fashion_mnist"
     c.data_dir = ""
+    c.image_size = 0  # resize the data to this side (Tab. 9); 0: the dataset table's size
     c.ipc = "10"  # comma list, e.g. "1,10,50"
     c.seed = 0
     c.reinit_seed = -1  # >= 0: generate from initial sets drawn with this seed (Tab. 5)
