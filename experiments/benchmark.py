@@ -149,7 +149,7 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 LATER_FIELDS: dict[str, Any] = {
-    "adapt.objective": "krr", "eval.archs": "convnet", "generator.size_embedding": True,
+    "adapt.objective": "krr", "adapt.ds_factor": 1, "eval.archs": "convnet", "generator.size_embedding": True,
     "reinit_seed": -1, "image_size": 0,
     "pixel": {"learning_rate": 0.0, "momentum": 0.5}}
 
@@ -171,6 +171,9 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     while not os.path.isdir(parent):
         parent = os.path.dirname(parent)
     outputs.check_writable_dir(parent)
+    if config.adapt.ds_factor != 1:
+        raise ValueError("--config.adapt.ds_factor (the DS parameterisation) is a distill "
+                         "option; the benchmark's methods store full-resolution sets")
     if config.reinit_seed != -1:
         raise ValueError("--config.reinit_seed is a distill option (generation from another "
                          "initial set); the benchmark draws its sets from --config.seed")

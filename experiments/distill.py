@@ -8,7 +8,10 @@ once (fixed random θ, the whole training set); adapt the generator from the met
 evaluate each synthetic set by training fresh networks on it. Writes to ``--out``:
 
 * ``ipc{K}.npz``: images, labels, initial images, and metadata (dataset, preprocessing with
-  the ZCA matrix, generator config, evaluation protocol);
+  the ZCA matrix, generator config, evaluation protocol, ``ds_factor``: under the DS
+  parameterisation the images are stored at 1/ds_factor resolution, ds_factor² per budget
+  image, and ``mgdd_jax.parameterisation.decode`` gives the images networks train on);
+* ``cross_arch.md`` with ``--eval_arch`` listing several architectures (Tab. 4);
 * ``samples_ipc{K}.png``: initial vs generated images (Fig. 6);
 * ``metrics.json``: accuracies and the timing breakdown (Tab. 1);
 * ``generator/``: the adapted generator (orbax), so later runs can generate more IPCs with
@@ -21,6 +24,11 @@ failed or interrupted run leaves ``--out`` as it was. An ``--out`` that already 
 is refused unless ``--overwrite``. See ``experiments/configs/distill.py`` for the config knobs
 (``size=cpu|paper|smoke``, ``eval=cpu|frepo|smoke``) and presets (``cpu``, ``paper``,
 ``smoke``). The work itself is :func:`mgdd_jax.api.fit_dataset`.
+
+The paper's studies are options (README, "The paper's studies as options"): ``--objective``
+(Tab. 3), ``--eval_arch`` (Tab. 4), ``--reinit_seed`` (Tab. 5), ``--config.adapt.ds_factor``
+(Tab. 6), ``--config.generator.size_embedding`` (Fig. 3), ``--config.adapt.label_mode``
+(Fig. 4), ``--config.image_size`` (Tab. 9).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from experiments.configs.datasets import settings_for
 from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import api, checkpoint, data, evaluation, krr, labels, nets, outputs
 from mgdd_jax import objective as objective_lib
+from mgdd_jax import parameterisation
 from mgdd_jax.data import sources
 from mgdd_jax.progress import stage
 
@@ -145,12 +154,17 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     ipcs = adapt_lib.parse_ipcs(config.ipc)
     sources.resolve_source(config.dataset)  # unknown dataset names fail here
     out = outputs.check_output_dir(config.out, overwrite=config.overwrite)
-    fit_config = api.FitConfig.from_config(config, ipcs, config.meta_checkpoint)
+    # DS (Tab. 6): a budget of k images per class holds k·f² images stored at 1/f resolution.
+    f = parameterisation.check_factor(config.adapt.ds_factor)
+    fit_config = api.FitConfig.from_config(config, tuple(k * f * f for k in ipcs),
+                                           config.meta_checkpoint)
     protocols = {a: eval_protocol(config, config.dataset, a) for a in eval_archs(config)}
     protocol = next(iter(protocols.values()))
     ds = load_data(config)
+    parameterisation.check_factor(f, ds.image_shape)
     for k in ipcs:
-        data.check_per_class(ds, k, what="IPC")
+        data.check_per_class(ds, k * f * f, what="IPC" if f == 1 else
+                             f"images per class (IPC {k} x ds_factor² {f * f})")
     return Prepared(config, out, ipcs, ds, fit_config.bind(ds), protocol, protocols)
 
 
@@ -223,28 +237,38 @@ def _generate_and_evaluate(ipc: int, distiller: api.Distiller, prep: Prepared, o
                            k_eval: jax.Array) -> dict[str, Any]:
     config, ds, protocol = prep.config, prep.dataset, prep.protocol
     c = ds.num_classes
+    f = distiller.adapt.ds_factor
+    n = ipc * f * f  # images per class: the budget ipc, f² times over under DS (Tab. 6)
     # --reinit_seed: generate from another initial set without re-adapting (Sec. 4.3, Tab. 5).
     reinit = (None if config.reinit_seed < 0
               else jax.random.fold_in(jax.random.key(config.reinit_seed), ipc))
-    x_init, l_init = distiller.initial_set(ipc, reinit)
+    x_init, l_init = distiller.initial_set(n, reinit)
     adapted_on = (reinit is None and distiller.single_init is not None
-                  and ipc == distiller.adapt.ipcs[0])
+                  and n == distiller.adapt.ipcs[0])
     init_source = ("adaptation's single initialisation" if adapted_on
                    else f"class-balanced draw of reinit_seed={config.reinit_seed}"
                    if reinit is not None else "fresh class-balanced draw")
     # One forward pass (+ the Eq. 3 label product), timed after a warm-up call that compiles.
-    distiller.generate(ipc, reinit)
+    distiller.generate(n, reinit)
     t0 = time.perf_counter()
-    x_syn, y_syn = distiller.generate(ipc, reinit)
+    x_gen, y_syn = distiller.generate(n, reinit)
     gen_ms = 1e3 * (time.perf_counter() - t0)
-    mode = labels.resolve_label_mode(distiller.adapt.label_mode, ipc)
-    result: dict[str, Any] = {"generation_ms": gen_ms, "label_mode": mode, "init": init_source,
-                              "mean_abs_change": float(np.mean(np.abs(x_syn - x_init)))}
+    mode = labels.resolve_label_mode(distiller.adapt.label_mode, n)
+    stored = np.asarray(parameterisation.downsample(x_gen, f))  # what the budget holds
     meta = {"dataset": ds.metadata(), "generator": distiller.gen_config.to_dict(), "ipc": ipc,
             "label_mode": mode, "eval_protocol": protocol.to_dict(),
-            "adapt": distiller.adapt.to_dict(), "seed": config.seed}
+            "adapt": distiller.adapt.to_dict(), "seed": config.seed,
+            "ds_factor": f, "images_per_class": n}
+    x_syn = parameterisation.decode(stored, meta)  # what networks are trained on
+    if f > 1:  # the random real reference under the same parameterisation and budget
+        x_init_eval = np.asarray(parameterisation.roundtrip(x_init, f))
+    else:
+        x_init_eval = x_init
+    result: dict[str, Any] = {"generation_ms": gen_ms, "label_mode": mode, "init": init_source,
+                              "ds_factor": f, "images_per_class": n,
+                              "mean_abs_change": float(np.mean(np.abs(x_syn - x_init)))}
     outputs.write_npz(
-        os.path.join(out, f"ipc{ipc}.npz"), images=x_syn, labels=y_syn,
+        os.path.join(out, f"ipc{ipc}.npz"), images=stored, labels=y_syn,
         class_ids=l_init, initial_images=x_init,
         metadata=np.asarray(json.dumps(meta, default=str)),
         **ds.preprocessing.to_arrays())
@@ -258,8 +282,8 @@ def _generate_and_evaluate(ipc: int, distiller: api.Distiller, prep: Prepared, o
                                                      protocol, num_classes=c)
         if config.eval.random_baseline:
             result["random_real_baseline"] = evaluation.evaluate_synthetic(
-                k_eval, x_init, krr.centred_onehot(l_init, c), ds.x_test, ds.y_test, protocol,
-                num_classes=c)
+                k_eval, x_init_eval, krr.centred_onehot(l_init, c), ds.x_test, ds.y_test,
+                protocol, num_classes=c)
         if len(prep.protocols) > 1:  # Tab. 4: the same set trained on unseen architectures
             by_arch = {protocol.network: result["eval"]}
             for arch, p in list(prep.protocols.items())[1:]:

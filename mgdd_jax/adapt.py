@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from mgdd_jax import data as data_lib
-from mgdd_jax import krr, labels, nets, objective, optim
+from mgdd_jax import krr, labels, nets, objective, optim, parameterisation
 from mgdd_jax.generator import GeneratorConfig
 from mgdd_jax.progress import Progress
 
@@ -55,6 +55,9 @@ class AdaptConfig:
       ipcs: images per class of the synthetic sets adapted on. "single" uses ``ipcs[0]``;
         "multi" draws one of them uniformly per step.
       label_mode: "auto" (one-hot at IPC 1, Eq. 3 otherwise), "analytic" or "onehot".
+      ds_factor: down-sampled parameterisation (Tab. 6): the loss sees the generated set after
+        storage at 1/ds_factor resolution and bilinear up-sampling; 1 = full resolution. The
+        IPCs are images per class (a budget of k full images holds k·ds_factor² of them).
       objective: line 11's loss, a name in :data:`mgdd_jax.objective.OBJECTIVES` ("krr": Eq. 1;
         "dc", "dm": gradient / distribution matching, Tab. 3).
       log_every: record loss and gradient norm every this many steps.
@@ -72,6 +75,7 @@ class AdaptConfig:
     ipcs: tuple[int, ...]
     label_mode: str
     objective: str
+    ds_factor: int
     log_every: int
     feature: nets.ConvNetConfig
 
@@ -93,6 +97,7 @@ class AdaptConfig:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         labels.resolve_label_mode(self.label_mode, 1)
         objective.get_objective(self.objective)
+        parameterisation.check_factor(self.ds_factor)
         if not self.reg > 0:
             raise ValueError(f"reg must be > 0, got {self.reg}")
 
@@ -167,7 +172,7 @@ def _make_update(gen_config: GeneratorConfig, config: AdaptConfig, num_classes: 
     optimizer = make_optimizer(config)
     loss_fn = functools.partial(objective.generator_loss, gen_config=gen_config,
                                 feature=config.feature, reg=config.reg,
-                                objective=config.objective)
+                                objective=config.objective, ds_factor=config.ds_factor)
 
     def update(state, theta_key, x_s, y_s, l_s, x_t, l_t, ipc):
         syn = objective.LabelledBatch(x_s, y_s, l_s)
@@ -295,7 +300,9 @@ def single_init_set(
 
 
 def check_adapt_inputs(dataset: data_lib.Dataset, config: AdaptConfig) -> None:
-    """Refuse IPCs or a real batch the dataset's smallest class cannot supply."""
+    """Refuse IPCs or a real batch the dataset's smallest class cannot supply, and a
+    ``ds_factor`` that does not divide the images."""
+    parameterisation.check_factor(config.ds_factor, dataset.image_shape)
     for k in config.ipcs:
         data_lib.check_per_class(dataset, k, what="IPC")
     data_lib.check_per_class(

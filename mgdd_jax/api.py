@@ -275,7 +275,8 @@ def load(path: str) -> Distiller:
                          f"{DISTILLER_FORMAT!r}; save it again with this version")
     z = dict(np.load(os.path.join(path, "distiller.npz")))
     gen_config = gen_lib.GeneratorConfig.from_dict(meta["gen_config"])
-    a = {"objective": "krr", **meta["adapt"]}  # saved before objectives existed: Eq. 1
+    # Saved before objectives and the DS parameterisation existed: Eq. 1, full resolution.
+    a = {"objective": "krr", "ds_factor": 1, **meta["adapt"]}
     adapt_cfg = adapt_lib.AdaptConfig(**{**a, "feature": nets.ConvNetConfig(**a["feature"])})
     image_shape = tuple(meta["image_shape"])
     params, _ = checkpoint.load_generator(os.path.join(path, "generator"), gen_config,

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mgdd_jax import krr, nets
+from mgdd_jax import krr, nets, parameterisation
 from mgdd_jax.generator import GeneratorConfig, apply_generator
 
 
@@ -202,6 +202,7 @@ def generator_loss(
     feature: nets.ConvNetConfig,
     reg: float,
     objective: str = "krr",
+    ds_factor: int = 1,
 ) -> jax.Array:
     """Alg. 1 l. 4-6 / Alg. 2 l. 9-11 with any registered objective: the generated set
     ``g_ω'(syn.x, ipc)`` (targets, class ids and mask of ``syn``) against ``real`` under a
@@ -215,12 +216,16 @@ def generator_loss(
       key: key of θ*.
       gen_config, feature, reg: generator architecture, θ* architecture and ridge (static).
       objective: a name in ``OBJECTIVES`` (static).
+      ds_factor: the down-sampled parameterisation's factor (Tab. 6, static): the loss sees the
+        generated images after the storage round trip (:func:`parameterisation.roundtrip`);
+        1 = full resolution.
 
     Returns:
       Scalar loss.
     """
     fn = get_objective(objective)
     x_gen = apply_generator(params, syn.x, ipc, gen_config)
+    x_gen = parameterisation.roundtrip(x_gen, ds_factor)
     return fn(syn._replace(x=x_gen), real, key, feature=feature, reg=reg)
 
 

@@ -104,6 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
              ipcs="",  # comma list of IPCs adapted on; "" = the requested IPCs
              label_mode="auto",  # "auto": one-hot at IPC 1, Eq. 3 otherwise
              objective="krr",  # line 11's loss: "krr" (Eq. 1), "dc" or "dm" (Tab. 3)
+             ds_factor=1,  # 2: store at half resolution, 4x the images per budget (Tab. 6)
              log_every=10))
     c.eval = ml_collections.ConfigDict(
         dict(protocol="cpu", num_seeds=3, steps=0,  # 0: the protocol's steps-by-size table
