@@ -49,7 +49,7 @@ from ml_collections import config_flags
 
 from experiments import cli, distill
 from mgdd_jax import adapt as adapt_lib
-from mgdd_jax import api, baselines, data, evaluation, outputs
+from mgdd_jax import api, baselines, checkpoint, data, evaluation, outputs
 from mgdd_jax.progress import stage
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "benchmark.py")
@@ -133,25 +133,12 @@ def _slug(name: str) -> str:
 
 def _fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What earlier results must share with this run to be reused (not out, overwrite, and
-    the lists of methods and IPCs)."""
+    the lists of methods and IPCs); compared with :func:`checkpoint.config_differences`, so
+    fields added since (``checkpoint.ADDED_FIELDS``) at their old meaning match absence."""
     d = json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
     for k in ("out", "overwrite", "methods", "ipc"):
         d.pop(k, None)
-    # Fields added after results were first committed: at their default they equal absence.
-    for path, default in LATER_FIELDS.items():
-        *parents, last = path.split(".")
-        node = d
-        for part in parents:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict) and node.get(last, default) == default:
-            node.pop(last, None)
     return d
-
-
-LATER_FIELDS: dict[str, Any] = {
-    "adapt.objective": "krr", "adapt.ds_factor": 1, "eval.archs": "convnet", "generator.size_embedding": True,
-    "reinit_seed": -1, "image_size": 0,
-    "pixel": {"learning_rate": 0.0, "momentum": 0.5}}
 
 
 def prepare(config: ml_collections.ConfigDict) -> Prepared:
@@ -198,7 +185,8 @@ def _previous_runs(prep: Prepared) -> list[dict[str, Any]]:
     try:
         with open(path) as f:
             previous = json.load(f)
-        same = _fingerprint(previous["config"]) == _fingerprint(prep.config)
+        same = not checkpoint.config_differences(_fingerprint(previous["config"]),
+                                                 _fingerprint(prep.config))
     except (OSError, ValueError, KeyError, TypeError):
         same = False
     if not same:

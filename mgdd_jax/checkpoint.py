@@ -119,16 +119,35 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 _MISSING = "<missing>"
 
+# Config fields added after checkpoints and results were first written, with the value that
+# means "as before": a stored config without one of them equals a config holding that value.
+ADDED_FIELDS: dict[str, Any] = {
+    "generator.size_embedding": True,
+    "feature.arch": "convnet",
+    "adapt.objective": "krr",
+    "adapt.ds_factor": 1,
+    "eval.archs": "convnet",
+    "reinit_seed": -1,
+    "image_size": 0,
+    "pixel.learning_rate": 0.0,
+    "pixel.momentum": 0.5,
+}
+
 
 def config_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any], *,
                        ignore: Collection[str] = ()) -> list[tuple[str, Any, Any]]:
     """``(field, stored value, wanted value)`` for every differing leaf of two nested dicts.
 
     Fields are dotted paths (``"generator.width"``, ``"meta.inner_steps"``); a field present
-    on one side only differs (the other side's value is ``"<missing>"``). ``ignore`` lists
-    dotted fields that may differ.
+    on one side only differs (the other side's value is ``"<missing>"``), unless it is one of
+    :data:`ADDED_FIELDS` holding its "as before" value. ``ignore`` lists dotted fields that
+    may differ.
     """
     a, b = _flatten(_plain(dict(stored))), _flatten(_plain(dict(wanted)))
+    for k, default in ADDED_FIELDS.items():  # absent = the value that means "as before"
+        if (k in a) != (k in b) and a.get(k, default) == b.get(k, default) == default:
+            a.pop(k, None)
+            b.pop(k, None)
     return [(k, a.get(k, _MISSING), b.get(k, _MISSING)) for k in sorted(set(a) | set(b))
             if k not in ignore and a.get(k, _MISSING) != b.get(k, _MISSING)]
 

@@ -181,3 +181,20 @@ def test_fast_conv_path_same_params_outputs_and_gradients():
         b = functools.reduce(lambda t, k: t[k.key], path, g0)
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()),
                                    err_msg=jax.tree_util.keystr(path))
+
+
+def test_fields_added_later_match_their_absence_in_stored_configs():
+    """A checkpoint or result written before a field existed equals a config holding the
+    field's "as before" value (checkpoint.ADDED_FIELDS), and differs from any other value."""
+    from mgdd_jax import checkpoint
+
+    stored = {"generator": {"width": 4}, "feature": {"depth": 3}}
+    same = {"generator": {"width": 4, "size_embedding": True},
+            "feature": {"depth": 3, "arch": "convnet"}}
+    assert checkpoint.config_differences(stored, same) == []
+    other = {"generator": {"width": 4, "size_embedding": False}, "feature": {"depth": 3}}
+    assert checkpoint.config_differences(stored, other) == [
+        ("generator.size_embedding", "<missing>", False)]
+    assert checkpoint.config_differences({"generator": {"width": 8}},
+                                         {"generator": {"width": 4}}) == [
+        ("generator.width", 8, 4)]

@@ -94,7 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
              core_channels=3, size_embedding=True))  # False: Fig. 3's ablation
     # The random networks θ (Eq. 3) and θ* (Eq. 1); num_classes is set from the data.
     c.feature = ml_collections.ConfigDict(dict(width=64, depth=3, double_width=False,
-                                               norm="instance"))
+                                               norm="instance", arch="convnet"))
     c.labels = ml_collections.ConfigDict(dict(reg=krr.DEFAULT_REG, chunk_size=1024))
     # Alg. 2, Tab. 7 (adaptation stage).
     c.adapt = ml_collections.ConfigDict(

@@ -52,7 +52,8 @@ def base_config(source: str) -> ml_collections.ConfigDict:
         dict(width=32, double_width=False, norm="instance", embed_dim=32, embed_channels=16,
              core_channels=3, size_embedding=True))  # False: Fig. 3's ablation
     c.feature = ml_collections.ConfigDict(dict(width=64, depth=3, double_width=False,
-                                               norm="instance", num_classes=10))
+                                               norm="instance", num_classes=10,
+                                               arch="convnet"))
     c.meta = ml_collections.ConfigDict(dict(
         steps=200_000, inner_steps=5, inner_lr=1e-4, outer_lr=1e-5, final_lr_fraction=0.1,
         b1=0.9, b2=0.999, min_classes=10, max_classes=100, num_real=2000, min_synthetic=10,
