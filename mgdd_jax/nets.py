@@ -259,18 +259,21 @@ def init_feature_params(
     return build_model(config).init(key, dummy, train=False)
 
 
+def _apply(variables: dict[str, Any], x: chex.Array,
+           config: ConvNetConfig) -> tuple[jax.Array, jax.Array]:
+    """``(features, logits)`` of ``config``'s network (batch norm: batch statistics)."""
+    _check_images(x)
+    if config.norm == "batch":
+        out, _ = build_model(config).apply(variables, x, train=True, mutable=["batch_stats"])
+        return out
+    return build_model(config).apply(variables, x, train=False)
+
+
 def conv_features(
     variables: dict[str, Any], x: chex.Array, config: ConvNetConfig
 ) -> jax.Array:
     """``f_θ(x)``: flattened penultimate features ``(n, p)`` (batch norm: batch statistics)."""
-    _check_images(x)
-    if config.norm == "batch":
-        (features, _), _ = build_model(config).apply(
-            variables, x, train=True, mutable=["batch_stats"]
-        )
-    else:
-        features, _ = build_model(config).apply(variables, x, train=False)
-    return features
+    return _apply(variables, x, config)[0]
 
 
 def conv_logits(
@@ -278,11 +281,4 @@ def conv_logits(
 ) -> jax.Array:
     """The ConvNet's logits ``(n, num_classes)`` (batch norm: batch statistics), e.g. for the
     cross-entropy of DC's gradient matching (:func:`mgdd_jax.objective.dc_objective`)."""
-    _check_images(x)
-    if config.norm == "batch":
-        (_, logits), _ = build_model(config).apply(
-            variables, x, train=True, mutable=["batch_stats"]
-        )
-    else:
-        _, logits = build_model(config).apply(variables, x, train=False)
-    return logits
+    return _apply(variables, x, config)[1]
