@@ -30,6 +30,10 @@ def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Meta-training config file.",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (resumes).")
+    flags.DEFINE_integer("stop_after", None, "Stop (with a checkpoint) after this many meta "
+                         "steps of this run; the schedule still spans meta.steps, and running "
+                         "again resumes. A step budget, where max_seconds is a time budget.",
+                         lower_bound=1)
 
 
 def main(argv):
@@ -44,7 +48,7 @@ def main(argv):
         with cli.exit_on_bad_input():
             prep = meta_train.prepare(config, workdir, zca=row["zca"],
                                       default_image_size=row["image_size"])
-        result = meta_train.train(prep)
+        result = meta_train.train(prep, stop_after=flags.FLAGS.stop_after)
     except multihost.PeerLostError as e:  # another process died
         # One line, no traceback, and no waiting at exit: jax's exit hook would wait for the
         # dead process at its shutdown barrier, then abort with a page of C++ log.

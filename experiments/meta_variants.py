@@ -5,8 +5,8 @@ r"""Compare meta-learning variants on their validation bank (issue 10, item 2).
         --out=results/meta_variants_fmnist_0-4
 
 Reads each meta-training workdir's ``metrics.jsonl`` and ``config.json`` (runs of
-``experiments/configs/meta_fmnist_split.py``'s variants share one validation bank: same
-``val`` subtree and source) and writes ``comparison.json`` (per run: the bank's ``val_gap``
+``experiments/configs/meta_fmnist_split.py``'s or ``meta_sources.py``'s variants share one
+validation bank: same ``val`` subtree and bank dataset, ``val.source`` or else the run's) and writes ``comparison.json`` (per run: the bank's ``val_gap``
 and ``val_ratio`` at every scored step, meta step time, mean ``grad_agreement`` and
 ``inner_displacement``), ``comparison.md`` (the table at the steps all runs reached) and
 ``comparison.png`` (``val_ratio`` against meta steps and against wall time). Refuses runs
@@ -69,6 +69,8 @@ def summarise(name: str, path: str) -> dict:
     return {
         "name": name, "workdir": path, "meta": config["meta"], "val_config": config["val"],
         "source": config["source"],
+        # the bank's own dataset: val.source ("" or absent in older runs: the run's source)
+        "bank_source": config["val"].get("source") or config["source"],
         "val": [{k: r[k] for k in ("step", "time_s", "val_loss", "val_identity", "val_gap",
                                    "val_ratio")} for r in val],
         "seconds_per_meta_step": per_step,
@@ -83,15 +85,17 @@ def summarise(name: str, path: str) -> dict:
 def markdown(result: dict) -> str:
     runs = result["runs"]
     common = sorted(set.intersection(*[{v["step"] for v in r["val"]} for r in runs]))
-    head = ("| variant | order | inner | support | init | tasks/step | outer lr | s/step | "
+    head = ("| variant | source | order | inner | support | init | tasks/step | outer lr | "
+            "s/step | "
             "grad agreement | ‖ω'−ω‖ | " + " | ".join(f"ratio @ {s}" for s in common)
             + " | last ratio (step) |")
-    lines = [head, "|" + "---|" * (11 + len(common))]
+    lines = [head, "|" + "---|" * (12 + len(common))]
     for r in runs:
         m = r["meta"]
         by = {v["step"]: v for v in r["val"]}
         lines.append(
-            f"| {r['name']} | {m['order']} | {m['inner_opt']} α={m['inner_lr']:g} | "
+            f"| {r['name']} | {r['source']} | {m['order']} | {m['inner_opt']} "
+            f"α={m['inner_lr']:g} | "
             f"{m['support']} | {'fixed' if m['fixed_init'] else 'varied'} | "
             f"{m['tasks_per_step']} | {m['outer_lr']:g} | "
             f"{r['seconds_per_meta_step']:.1f} | {r['mean_grad_agreement']:.3f} | "
@@ -102,7 +106,7 @@ def markdown(result: dict) -> str:
     lines.append("")
     lines.append(f"ratio = bank loss after K = {v['steps']} adaptation steps (Adam, lr "
                  f"{v['learning_rate']:g}) from the meta generator / the same from the "
-                 f"identity generator; {v['tasks']} tasks, source {runs[0]['source']}. "
+                 f"identity generator; {v['tasks']} tasks from {runs[0]['bank_source']}. "
                  "Below 1: adapting from it is ahead.")
     return "\n".join(lines) + "\n"
 
@@ -120,16 +124,18 @@ def plot(result: dict, path: str) -> None:
         ax.set_xlabel(xl)
         ax.set_ylabel("bank loss after K steps / identity's")
         ax.legend(fontsize=8)
-    fig.suptitle(f"validation bank, {result['runs'][0]['source']}", fontsize=10)
+    fig.suptitle(f"validation bank, {result['runs'][0]['bank_source']}", fontsize=10)
     outputs.save_figure(fig, path)
 
 
 def compare(runs: dict[str, str]) -> dict:
     summaries = [summarise(n, p) for n, p in runs.items()]
-    banks = {json.dumps([s["val_config"], s["source"]], sort_keys=True) for s in summaries}
+    banks = {json.dumps([{k: v for k, v in s["val_config"].items() if k != "source"},
+                         s["bank_source"]], sort_keys=True) for s in summaries}
     if len(banks) > 1:
         raise ValueError("the runs were scored on different validation banks (val subtree or "
-                         "source differ); compare runs of one config file's variants")
+                         "the bank's dataset differ); compare runs of one config file's "
+                         "variants")
     if any(not s["val"] for s in summaries):
         raise ValueError("a run has no validation rows (val.tasks=0, or stopped before "
                          "val.every steps)")

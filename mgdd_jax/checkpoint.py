@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from mgdd_jax.generator import GeneratorConfig, init_generator
+from mgdd_jax.generator import GeneratorConfig, init_generator, with_image_channels
 
 CHECKPOINT_FORMAT = "mgdd_jax.generator/1"
 
@@ -235,11 +235,7 @@ def load_generator(
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
         )["params"]
     if stored.image_channels != config.image_channels:
-        fresh = init_generator(
-            key if key is not None else jax.random.key(0), tuple(image_shape), config
-        )
-        core = {k: v for k, v in params.items() if not k.startswith("adaptor")}
-        params = {**core, **{k: v for k, v in fresh.items() if k.startswith("adaptor")}}
+        params = with_image_channels(params, tuple(image_shape), config, key)
     return params, meta
 
 

@@ -218,6 +218,23 @@ def init_generator(
     return Generator(config).init(key, x, jnp.ones((1,), jnp.float32))["params"]
 
 
+def with_image_channels(
+    params: Any, image_shape: tuple[int, int, int], config: GeneratorConfig,
+    key: chex.PRNGKey | None = None,
+) -> dict[str, Any]:
+    """ω of a generator for other channels -> ω for ``config``'s (App. B): core kept, fresh adaptors.
+
+    The core (every layer but ``adaptor_in``/``adaptor_out``) is kept; the adaptors are those
+    of :func:`init_generator` for ``config`` (replicate in, average out; none when
+    ``config.image_channels == config.core_channels``). E.g. an RGB meta generator applied to
+    grey images. ``key`` only seeds that init (the adaptors' init is deterministic).
+    """
+    fresh = init_generator(key if key is not None else jax.random.key(0), tuple(image_shape),
+                           config)
+    core = {k: v for k, v in params.items() if not k.startswith("adaptor")}
+    return {**core, **{k: v for k, v in fresh.items() if k.startswith("adaptor")}}
+
+
 def apply_generator(
     params: Any, x: chex.Array, ipc: chex.Array, config: GeneratorConfig
 ) -> jax.Array:

@@ -16,7 +16,8 @@ Alg. 2's), in two calls, validation separated from work::
 (:class:`~mgdd_jax.multihost.MultihostConfig`, used with ``multihost``) and ``val``
 (:class:`~mgdd_jax.meta_val.ValConfig`: the validation bank the run is judged by, scored every
 ``val.every`` steps and logged as ``val_loss``, ``val_identity``, ``val_gap``, ``val_ratio``;
-it does not change the training, so it is not part of the resume check).
+it does not change the training, so it is not part of the resume check; ``val.source`` draws
+it from another dataset, to measure transfer).
 
 The workdir holds ``config.json``, ``metrics.jsonl`` (one line per logged step),
 ``loss_curve.png``, ``run_until_step{N}.json`` (the run summary) and ``checkpoints/``
@@ -58,6 +59,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mgdd_jax import checkpoint, data, meta, meta_val, multihost, outputs
+from mgdd_jax.data import settings as data_settings
 from mgdd_jax.generator import GeneratorConfig, init_generator
 from mgdd_jax.progress import Progress, stage
 
@@ -113,6 +115,7 @@ class Prepared:
       start_step: the step the run resumes from (0: a fresh run).
       val: the validation bank's config.
       bank: the fixed validation tasks (None when ``val.tasks`` is 0).
+      bank_channels: channels of the bank's images (``val.source``'s; the source's by default).
     """
 
     workdir: str
@@ -127,6 +130,7 @@ class Prepared:
     start_step: int
     val: meta_val.ValConfig
     bank: dict[str, np.ndarray] | None
+    bank_channels: int
 
     @property
     def checkpoint_dir(self) -> str:
@@ -248,8 +252,13 @@ def prepare(config: Mapping[str, Any], workdir: str, *, zca: bool = False,
     ds = data.load_dataset(source, data_dir=config["data_dir"] or None, zca=zca,
                            image_size=config["image_size"] or default_image_size or None)
     meta.check_source(ds.y_train, ds.num_classes, mcfg)
-    bank = (meta_val.make_bank(ds.x_train, ds.y_train, ds.num_classes, mcfg, val)
-            if val.enabled else None)
+    bank_ds = ds
+    if val.enabled and val.source:  # a transfer bank: another dataset at the run's size
+        bank_ds = data.load_dataset(val.source, data_dir=config["data_dir"] or None,
+                                    zca=data_settings.settings_for(val.source).zca,
+                                    image_size=ds.image_shape[0])
+    bank = (meta_val.make_bank(bank_ds.x_train, bank_ds.y_train, bank_ds.num_classes, mcfg,
+                               val) if val.enabled else None)
     gcfg = gen_config(config, ds.channels)
     mesh = meta.task_mesh()
     meta.check_mesh(mcfg, mesh)
@@ -267,7 +276,7 @@ def prepare(config: Mapping[str, Any], workdir: str, *, zca: bool = False,
     return Prepared(workdir=workdir, config=_plain_config(config), meta=mcfg, gen_config=gcfg,
                     loop=loop, source=source, dataset=ds, mesh=mesh,
                     checkpoint_meta=_plain_config(ckpt_meta), start_step=start, val=val,
-                    bank=bank)
+                    bank=bank, bank_channels=bank_ds.channels)
 
 
 # ------------------------------------------------------------------------------ train
@@ -343,7 +352,7 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     val_seconds = 0.0
     if prep.bank is not None:  # the identity's bank score: once per run (deterministic)
         t_val = time.perf_counter()
-        score = meta_val.make_scorer(prep.gen_config, mcfg, val)
+        score = meta_val.make_scorer(prep.gen_config, mcfg, val, prep.bank_channels)
         identity = meta_val.bank_score(score, params, prep.bank)
         val_seconds += time.perf_counter() - t_val
     mngr = checkpoint.open_train_state_manager(

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from mgdd_jax import krr, meta, nets, objective, optim
-from mgdd_jax.generator import GeneratorConfig
+from mgdd_jax.generator import GeneratorConfig, with_image_channels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +47,11 @@ class ValConfig:
       b1, b2: their Adam moments.
       eval_draws: θ* draws the adapted generator's Eq. 1 loss is averaged over.
       seed: the bank's key (independent of the run's seed: variants share one bank).
+      source: the dataset the bank's tasks come from; "" is the run's own source. Another
+        name measures *transfer* (e.g. a target-like set while meta-training on glyphs): it
+        is loaded at the run's image side, its tasks use the run's ranges clipped to its
+        classes, and an RGB generator is scored on grey banks through fresh channel adaptors
+        (:func:`mgdd_jax.generator.with_image_channels`, as adaptation loads it).
     """
 
     tasks: int
@@ -57,6 +62,7 @@ class ValConfig:
     b2: float
     eval_draws: int
     seed: int
+    source: str
 
     def __post_init__(self):
         if self.tasks < 0 or self.steps < 0:
@@ -69,6 +75,9 @@ class ValConfig:
             raise ValueError(f"val.learning_rate must be > 0, got {self.learning_rate}")
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
             raise ValueError(f"val.b1 and val.b2 must be in [0, 1), got {self.b1}, {self.b2}")
+        if not isinstance(self.source, str):
+            raise ValueError(f"val.source must be a dataset name or '' (the run's source), got "
+                             f"{self.source!r}")
 
     @classmethod
     def from_config(cls, val: Mapping[str, Any]) -> ValConfig:
@@ -85,9 +94,13 @@ class ValConfig:
         return self.tasks > 0
 
 
-def bank_task_config(config: meta.MetaConfig) -> meta.MetaConfig:
-    """The task sampler of the bank: the run's ranges, one fixed initial set from outside 𝒯."""
-    return dataclasses.replace(config, inner_steps=1, fixed_init=True, support="disjoint")
+def bank_task_config(config: meta.MetaConfig, num_classes: int | None = None
+                     ) -> meta.MetaConfig:
+    """The task sampler of the bank: the run's ranges (classes clipped to ``num_classes``, the
+    bank source's), one fixed initial set from outside 𝒯."""
+    hi = config.max_classes if num_classes is None else min(config.max_classes, num_classes)
+    return dataclasses.replace(config, inner_steps=1, fixed_init=True, support="disjoint",
+                               max_classes=hi, min_classes=min(config.min_classes, hi))
 
 
 def make_bank(images: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -100,7 +113,7 @@ def make_bank(images: np.ndarray, labels: np.ndarray, num_classes: int,
     """
     if not val.enabled:
         raise ValueError("val.tasks is 0: there is no validation bank")
-    cfg = dataclasses.replace(bank_task_config(config), tasks_per_step=val.tasks)
+    cfg = dataclasses.replace(bank_task_config(config, num_classes), tasks_per_step=val.tasks)
     meta.check_source(labels, num_classes, cfg)
     key = jax.random.key(val.seed)
     batch = meta.sample_meta_batch(jax.random.fold_in(key, 0), images, labels, num_classes,
@@ -112,15 +125,21 @@ def make_bank(images: np.ndarray, labels: np.ndarray, num_classes: int,
             "key": meta.task_keys(jax.random.fold_in(key, 1), val.tasks)}
 
 
-def make_scorer(gen_config: GeneratorConfig, config: meta.MetaConfig, val: ValConfig
+def make_scorer(gen_config: GeneratorConfig, config: meta.MetaConfig, val: ValConfig,
+                bank_channels: int | None = None
                 ) -> Callable[[Any, Mapping[str, Any]], jax.Array]:
     """The jitted ``score(params, task) -> loss`` of one bank task (module docstring).
 
     K steps of Adam (constant ``val.learning_rate``; Alg. 2 l. 12 over its first K of ~1000
     cosine steps) on the generator objective with Eq. 3 labels, in one ``lax.scan``; then
-    the mean Eq. 1 loss over ``val.eval_draws`` θ* draws.
+    the mean Eq. 1 loss over ``val.eval_draws`` θ* draws. ``gen_config`` is the run's
+    generator; ``bank_channels`` (default: its own) those of the bank's images: when they
+    differ, ω is scored through fresh channel adaptors.
     """
     feature = config.feature
+    channels = gen_config.image_channels if bank_channels is None else bank_channels
+    run_config, gen_config = gen_config, dataclasses.replace(gen_config,
+                                                             image_channels=channels)
     opt = optim.adam_cosine(val.learning_rate, max(val.steps, 1), 1.0, val.b1, val.b2)
 
     @jax.jit
@@ -128,6 +147,8 @@ def make_scorer(gen_config: GeneratorConfig, config: meta.MetaConfig, val: ValCo
         task = jax.tree.map(jnp.asarray, task)
         k_theta, k_adapt, k_eval = jax.random.split(jax.random.wrap_key_data(task["key"]), 3)
         x_t, y_t, x_s, mask = task["x_t"], task["y_t"], task["x_s"], task["s_mask"]
+        if gen_config.image_channels != run_config.image_channels:
+            params = with_image_channels(params, x_t.shape[1:], gen_config)
         theta = nets.init_feature_params(k_theta, x_t.shape[1:], feature)
         w_t = krr.target_weights(nets.conv_features(theta, x_t, feature), y_t, config.reg)
         y_s = objective.eq3_labels(theta, w_t, x_s, feature)

@@ -506,7 +506,8 @@ def test_unknown_dataset_lists_options():
         assert option in str(info.value)
     assert not hasattr(data, "available_datasets")  # one list: the registry's
     assert sources.available_datasets() == [
-        "digits", "fashion_mnist", "glyphs", "glyphs:classes=C,per_class=N", "npz:PATH",
+        "digits", "fashion_mnist", "glyphs", "procedural", "glyphs:classes=C,per_class=N",
+        "mix:NAME+NAME", "npz:PATH", "procedural:kinds=fractal/deadleaves/texture,classes=C",
         "tfds:NAME",
     ]
 

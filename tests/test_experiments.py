@@ -82,14 +82,14 @@ def test_cross_ipc(tmp_path):
 
 
 
-def _meta_workdir(path, rows, *, source="digits", order="first"):
+def _meta_workdir(path, rows, *, source="digits", order="first", bank=""):
     from mgdd_jax import outputs
 
     os.makedirs(path)
     meta = dict(order=order, inner_opt="adam", inner_lr=1e-4, support="disjoint",
                 fixed_init=True, tasks_per_step=4, outer_lr=1e-3)
     val = dict(tasks=2, steps=3, every=2, learning_rate=1e-4, b1=0.9, b2=0.999,
-               eval_draws=1, seed=0)
+               eval_draws=1, seed=0, source=bank)
     outputs.write_json(os.path.join(path, "config.json"),
                        {"meta": meta, "val": val, "source": source})
     for r in rows:
@@ -127,6 +127,22 @@ def test_meta_variants_table_times_and_refusals(tmp_path):
     other = _meta_workdir(tmp_path / "o", [val(0, 0.0, 1.0)], source="digits#classes=0-4")
     with pytest.raises(ValueError, match="different validation banks"):
         meta_variants.compare({"a": a, "o": other})
+    # a transfer bank (val.source): runs of other sources compare on it, and the table says
+    # which source each run meta-trained on and which dataset the bank came from
+    t1 = _meta_workdir(tmp_path / "t1", [val(0, 0.0, 1.0), train(1, 1.0), train(2, 2.0),
+                                          val(2, 2.0, 0.97)], source="glyphs", bank="digits")
+    t2 = _meta_workdir(tmp_path / "t2", [val(0, 0.0, 1.0), train(1, 1.0), train(2, 2.0),
+                                          val(2, 2.0, 0.99)], source="procedural",
+                       bank="digits")
+    table = meta_variants.markdown(meta_variants.compare({"g": t1, "p": t2}))
+    assert "| g | glyphs | first |" in table and "| p | procedural |" in table
+    assert "tasks from digits" in table
+    # a run on its own source "digits" and a transfer bank "digits" share the bank
+    meta_variants.compare({"a": a, "t": t1})
+    t3 = _meta_workdir(tmp_path / "t3", [val(0, 0.0, 1.0)], source="glyphs",
+                       bank="digits#classes=0-4")
+    with pytest.raises(ValueError, match="different validation banks"):
+        meta_variants.compare({"g": t1, "t3": t3})
     with pytest.raises(ValueError, match="name:workdir"):
         meta_variants.parse_runs(["nocolon"])
     with pytest.raises(ValueError, match="no metrics.jsonl"):

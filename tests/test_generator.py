@@ -133,6 +133,25 @@ def test_core_params_shared_between_channel_counts():
     assert jax.tree.structure(core) == jax.tree.structure(rgb)
 
 
+def test_with_image_channels_keeps_the_core_and_adds_fresh_adaptors():
+    """An RGB ω for grey images: its trained core, the replicate/average adaptors; back to
+    RGB drops them. A fresh RGB ω becomes exactly the fresh grey ω of the same key."""
+    rgb_cfg, grey_cfg = gen.GeneratorConfig(**TINY), gen.GeneratorConfig(**TINY, image_channels=1)
+    rgb = perturbed(gen.init_generator(jax.random.key(0), (8, 8, 3), rgb_cfg), jax.random.key(1))
+    grey = gen.with_image_channels(rgb, (8, 8, 1), grey_cfg)
+    core = {k: v for k, v in grey.items() if not k.startswith("adaptor")}
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), core, rgb))
+    np.testing.assert_array_equal(grey["adaptor_in"]["kernel"].reshape(1, 3), np.ones((1, 3)))
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+    assert gen.apply_generator(grey, x, 1, grey_cfg).shape == (2, 8, 8, 1)
+    back = gen.with_image_channels(grey, (8, 8, 3), rgb_cfg)
+    assert jax.tree.structure(back) == jax.tree.structure(rgb)
+    fresh = gen.with_image_channels(gen.init_generator(jax.random.key(5), (8, 8, 3), rgb_cfg),
+                                    (8, 8, 1), grey_cfg)
+    direct = gen.init_generator(jax.random.key(5), (8, 8, 1), grey_cfg)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), fresh, direct))
+
+
 def test_bad_inputs():
     cfg = gen.GeneratorConfig(**TINY, image_channels=3)
     params = gen.init_generator(jax.random.key(0), (8, 8, 3), cfg)

@@ -292,3 +292,59 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert p.stderr.strip().splitlines()[-1].startswith("error: ") and "max_classes" in p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "w").exists()
+
+
+# ------------------------------------------------------------------------------ transfer bank
+def test_transfer_bank_from_another_dataset_through_channel_adaptors(tmp_path):
+    """val.source: the bank comes from another dataset (grey digits of 3 classes) while the
+    run meta-trains RGB procedural classes; the bank's tasks are clipped to its classes, and
+    the identity is scored through fresh channel adaptors, i.e. exactly as the grey identity
+    generator of the same key (A_out ∘ A_in = I)."""
+    from mgdd_jax import meta_val
+
+    c = _smoke_config(1, val=True)
+    c.source = "procedural:classes=4,per_class=24,size=8"
+    c.val.source = "digits#classes=0-2"
+    c.meta.update(max_classes=4)
+    prep = meta_train.prepare(c, str(tmp_path / "w"))
+    assert prep.gen_config.image_channels == 3 and prep.bank_channels == 1
+    assert prep.bank["x_t"].shape[2:] == (8, 8, 1)
+    assert prep.bank["y_t"].shape[-1] == 3  # max_classes 4 clipped to the bank's 3 classes
+    result = meta_train.train(prep)
+    rows = {r["step"]: r for r in outputs.read_jsonl(str(tmp_path / "w" / "metrics.jsonl"))}
+    assert rows[0]["val_ratio"] == 1.0 and np.isfinite(rows[1]["val_ratio"])
+    assert result["step"] == 1
+
+    key = jax.random.key(c.seed)
+    k_init, _ = jax.random.split(key)
+    grey = gen.GeneratorConfig(**{**prep.gen_config.to_dict(), "image_channels": 1})
+    score = meta_val.make_scorer(grey, prep.meta, prep.val)
+    direct = meta_val.bank_score(score, gen.init_generator(k_init, (8, 8, 1), grey), prep.bank)
+    np.testing.assert_allclose(rows[0]["val_identity"], direct, rtol=1e-5)
+
+
+def test_bad_transfer_bank_is_refused_before_writing(tmp_path):
+    c = _smoke_config(1, val=True)
+    c.val.source = "no_such_bank"
+    with pytest.raises(ValueError, match="no_such_bank"):
+        meta_train.prepare(c, str(tmp_path / "w"))
+    c.val.source = "digits#classes=0-1"
+    c.meta.update(min_classes=2, max_classes=4, num_real=400)  # 200 per class: digits has ~145
+    with pytest.raises(ValueError, match="images per class"):
+        meta_train.prepare(c, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_stop_after_is_a_step_budget(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.meta_train",
+           "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
+           "--config.val.tasks=0", "--config.meta.steps=4", "--stop_after=3",
+           f"--workdir={tmp_path / 'w'}"]
+    p = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert checkpoint.latest_step(str(tmp_path / "w" / "checkpoints")) == 3
+    assert "stopped at step 3" in p.stderr  # (resuming: test_sigterm_then_resume_...)
+    p = subprocess.run(cmd[:-2] + ["--stop_after=0", cmd[-1]], check=False, cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "stop_after" in p.stderr

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import meta_fmnist_split, meta_glyphs, meta_imagenet
+from experiments.configs import meta_fmnist_split, meta_glyphs, meta_imagenet, meta_sources
 from mgdd_jax import data, krr, meta, meta_train, meta_val, nets
 from mgdd_jax import generator as gen
 from mgdd_jax.data import settings, sources
@@ -278,7 +278,7 @@ def test_bad_variant_values_and_legacy_records():
 def test_validation_bank_is_deterministic_and_scores_against_identity(digits):
     cfg = dataclasses.replace(BASE, max_synthetic=8)
     val = meta_val.ValConfig(tasks=2, steps=3, every=1, learning_rate=1e-2, b1=0.9, b2=0.999,
-                             eval_draws=2, seed=3)
+                             eval_draws=2, seed=3, source="")
     make = lambda: meta_val.make_bank(digits.x_train, digits.y_train, 10, cfg, val)  # noqa
     bank, again = make(), make()
     assert all(np.array_equal(bank[k], again[k]) for k in bank)
@@ -302,7 +302,7 @@ def test_validation_bank_is_deterministic_and_scores_against_identity(digits):
 
 def test_bad_val_config():
     good = dict(tasks=2, steps=3, every=1, learning_rate=1e-4, b1=0.9, b2=0.999,
-                eval_draws=1, seed=0)
+                eval_draws=1, seed=0, source="")
     for k, v in (("every", 0), ("eval_draws", 0), ("learning_rate", 0.0), ("tasks", -1),
                  ("b2", 1.0)):
         with pytest.raises(ValueError, match=k.split("_")[0]):
@@ -314,7 +314,8 @@ def test_bad_val_config():
                            meta_val.ValConfig(**{**good, "tasks": 0}))
 
 
-@pytest.mark.parametrize("module", [meta_glyphs, meta_fmnist_split, meta_imagenet])
+@pytest.mark.parametrize("module", [meta_glyphs, meta_fmnist_split, meta_imagenet,
+                                    meta_sources])
 def test_every_meta_config_variant_builds_its_dataclasses(module):
     """Each variant of each meta config file builds MetaConfig and ValConfig (no typo in a
     field or a value) and its switches differ where the docstrings say; unknown variants are
@@ -333,7 +334,12 @@ def test_every_meta_config_variant_builds_its_dataclasses(module):
                       "maml": ("second", "adam", "disjoint", True),
                       "alg1": ("second", "sgd", "in_batch", False),
                       "alg1_first": ("first", "sgd", "in_batch", False)}
-    if module is meta_imagenet:
+    if module is meta_sources:  # one recipe, one transfer bank; only the source differs
+        assert len(set(built.values())) == 1
+        configs = [module.get_config(v) for v in module.VARIANTS]
+        assert {c.val.source for c in configs} == {module.BANK_SOURCE}
+        assert len({c.source for c in configs}) == len(configs)
+        if module is meta_imagenet:
         paper, bank = built["paper"], built["bank"]
         assert (paper.order, paper.inner_opt, paper.tasks_per_step, paper.steps) == (
             "second", "sgd", 1, 200_000)  # Tab. 7 as written

@@ -63,7 +63,8 @@ def base_config(source: str) -> ml_collections.ConfigDict:
     # The validation bank (mgdd_jax.meta_val): fixed tasks, scored after `steps` adaptation
     # steps (Adam at adaptation's learning rate) from ω and from the identity generator.
     c.val = ml_collections.ConfigDict(dict(tasks=4, steps=20, every=100, learning_rate=1e-4,
-                                           b1=0.9, b2=0.999, eval_draws=4, seed=1234))
+                                           b1=0.9, b2=0.999, eval_draws=4, seed=1234,
+                                           source=""))  # "": the run's source
     return c
 
 

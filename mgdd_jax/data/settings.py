@@ -37,6 +37,9 @@ DATASET_SETTINGS: dict[str, DatasetSettings] = {
     "digits": _GREY_GLYPHS,
     "glyphs": _GREY_GLYPHS,
     "glyphs:*": _GREY_GLYPHS,
+    # formula-driven classes (fractals, dead leaves, textures): mirror-invariant families
+    "procedural": DatasetSettings(zca=False, image_size=0, flip=True),
+    "procedural:*": DatasetSettings(zca=False, image_size=0, flip=True),
     "tfds:mnist": _GREY_GLYPHS,
     "tfds:fashion_mnist": _GREY_GLYPHS,
     "tfds:emnist": _GREY_GLYPHS,

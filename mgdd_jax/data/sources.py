@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mgdd_jax.data import glyphs, idx
+from mgdd_jax.data import glyphs, idx, procedural
 from mgdd_jax.data.dataset import RawData
 from mgdd_jax.data.errors import DatasetNotFoundError
 
@@ -438,19 +438,63 @@ def _infer_num_classes(y_train: np.ndarray, y_test: np.ndarray, path: Path) -> i
 # Registry.
 # ---------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------
+# Mixtures ("mix:A+B+..."): the classes of several sources side by side.
+# ---------------------------------------------------------------------------
+
+MIX_SEP = "+"
+
+
+def load_mix(spec: str, data_dir: str | None) -> RawData:
+    """``mix:glyphs+procedural``: the classes of every listed source, in order, as one set.
+
+    Source ``i``'s classes become ``offset_i .. offset_i + C_i - 1`` (offset: the classes
+    before it) and keep their names prefixed ``"<source>/"``; each keeps its own train/test
+    split. The parts are loaded with the same ``data_dir`` and must agree in image shape and
+    dtype (e.g. the 32x32 RGB uint8 of ``glyphs`` and ``procedural``). A meta-training source
+    made of several kinds of classes (issue 10 item 5).
+    """
+    names = [n.strip() for n in spec.split(MIX_SEP)]
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"bad mixture 'mix:{spec}': list at least two distinct dataset names "
+                         f"joined by {MIX_SEP!r}, e.g. 'mix:glyphs+procedural'")
+    parts = [load_raw(n, data_dir) for n in names]
+    shapes = {n: (p.x_train.shape[1:], str(p.x_train.dtype)) for n, p in zip(names, parts)}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"mixture 'mix:{spec}': its sources must share image shape and dtype, "
+                         f"got {shapes}; resize or pick sources of one format")
+    offsets = np.cumsum([0] + [p.num_classes for p in parts])
+
+    def cat(field: str, shift: bool) -> np.ndarray:
+        return np.concatenate([np.asarray(getattr(p, field)).astype(np.int32) + o if shift
+                               else np.asarray(getattr(p, field))
+                               for p, o in zip(parts, offsets)])
+
+    return RawData(x_train=cat("x_train", False), y_train=cat("y_train", True),
+                   x_test=cat("x_test", False), y_test=cat("y_test", True),
+                   num_classes=int(offsets[-1]),
+                   class_names=tuple(f"{n}/{c}" for n, p in zip(names, parts)
+                                     for c in p.class_names))
+
+
 NAMED_SOURCES: dict[str, SourceLoader] = {
     "digits": load_digits,
     "fashion_mnist": load_fashion_mnist,
     "glyphs": glyphs.load_glyphs,
+    "procedural": procedural.load_procedural,
 }
 PREFIX_SOURCES: dict[str, SourceLoader] = {
     "glyphs:": glyphs.load_glyphs,
+    "mix:": load_mix,
     "npz:": load_npz,
+    "procedural:": procedural.load_procedural,
     "tfds:": load_tfds,
 }
 _PREFIX_EXAMPLES = {
     "glyphs:": "glyphs:classes=C,per_class=N",
+    "mix:": "mix:NAME+NAME",
     "npz:": "npz:PATH",
+    "procedural:": "procedural:kinds=fractal/deadleaves/texture,classes=C",
     "tfds:": "tfds:NAME",
 }
 
