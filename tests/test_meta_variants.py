@@ -339,7 +339,7 @@ def test_every_meta_config_variant_builds_its_dataclasses(module):
         configs = [module.get_config(v) for v in module.VARIANTS]
         assert {c.val.source for c in configs} == {module.BANK_SOURCE}
         assert len({c.source for c in configs}) == len(configs)
-        if module is meta_imagenet:
+    if module is meta_imagenet:
         paper, bank = built["paper"], built["bank"]
         assert (paper.order, paper.inner_opt, paper.tasks_per_step, paper.steps) == (
             "second", "sgd", 1, 200_000)  # Tab. 7 as written
