@@ -121,6 +121,8 @@ def test_meta_variants_table_times_and_refusals(tmp_path):
     assert fo["seconds_per_meta_step"] == 2.0 and fo["last_step"] == 6
     table = meta_variants.markdown(result)
     assert "ratio @ 0 | ratio @ 2 | last ratio (step)" in table  # step 6: only run a
+    assert fo["mean_last_ratio"] == pytest.approx((0.9 + 0.8) / 2)  # < 4 scores, not step 0
+    assert "| 0.8000 (6) | 0.8500 |" in table
     assert "| fo | digits | first |" in table and "0.8000 (6)" in table and "0.9500 (2)" in table
     meta_variants.plot(result, str(tmp_path / "c.png"))
     assert os.path.getsize(tmp_path / "c.png") > 1000
