@@ -40,6 +40,8 @@ DATASET_SETTINGS: dict[str, DatasetSettings] = {
     # formula-driven classes (fractals, dead leaves, textures): mirror-invariant families
     "procedural": DatasetSettings(zca=False, image_size=0, flip=True),
     "procedural:*": DatasetSettings(zca=False, image_size=0, flip=True),
+    # a mixture of sources (mix:A+B): formula-driven or rendered meta-training classes
+    "mix:*": DatasetSettings(zca=False, image_size=0, flip=True),
     "tfds:mnist": _GREY_GLYPHS,
     "tfds:fashion_mnist": _GREY_GLYPHS,
     "tfds:emnist": _GREY_GLYPHS,
