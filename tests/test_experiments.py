@@ -149,3 +149,28 @@ def test_meta_variants_table_times_and_refusals(tmp_path):
         meta_variants.parse_runs(["nocolon"])
     with pytest.raises(ValueError, match="no metrics.jsonl"):
         meta_variants.parse_runs([f"x:{tmp_path}"])
+
+
+def test_bank_horizon_scores_identity_as_one_and_a_moved_generator_otherwise(tmp_path):
+    """experiments.bank_horizon: at every K the identity scores ratio 1 against itself; a
+    perturbed ω scores otherwise; K = 0 reads the loss before any adaptation step."""
+    import jax
+
+    from experiments import bank_horizon
+    from experiments.configs import meta_glyphs
+    from mgdd_jax import meta_train
+    from mgdd_jax import generator as gen_lib
+
+    c = meta_glyphs.get_config("smoke")
+    c.source = "digits"
+    prep = meta_train.prepare(c, str(tmp_path / "w"))
+    k_init, _ = jax.random.split(jax.random.key(c.seed))
+    identity = gen_lib.init_generator(k_init, prep.dataset.image_shape, prep.gen_config)
+    rows = bank_horizon.horizon_scores(prep, identity, [0, 2])
+    assert [r["steps"] for r in rows] == [0, 2] and all(r["val_ratio"] == 1.0 for r in rows)
+    assert rows[1]["val_identity"] < rows[0]["val_identity"]  # two Adam steps lower it
+    leaves, tree = jax.tree.flatten(identity)
+    moved = jax.tree.unflatten(tree, [x + 0.05 for x in leaves])
+    assert bank_horizon.horizon_scores(prep, moved, [0])[0]["val_ratio"] != 1.0
+    table = bank_horizon.markdown(rows, "digits", "ckpt")
+    assert "| adaptation steps K | 0 | 2 |" in table and "| ratio meta / identity | 1.0000 |" in table
