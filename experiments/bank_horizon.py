@@ -27,13 +27,14 @@ from experiments.configs.datasets import settings_for
 from mgdd_jax import checkpoint, meta_train, meta_val, outputs
 from mgdd_jax import generator as gen_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Meta-training config file.",
-                                          lock_config=True)
-_CKPT = flags.DEFINE_string("meta_checkpoint", None, "Generator checkpoint directory.",
-                            required=True)
-_HORIZONS = flags.DEFINE_list("horizons", ["0", "20", "100"], "Adaptation steps K.")
-_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+def define_flags() -> None:
+    """Defined by the launcher only (not at import: tests import this module with others)."""
+    config_flags.DEFINE_config_file("config", None, "Meta-training config file.",
+                                    lock_config=True)
+    flags.DEFINE_string("meta_checkpoint", None, "Generator checkpoint directory.")
+    flags.DEFINE_list("horizons", ["0", "20", "100"], "Adaptation steps K.")
+    flags.DEFINE_string("out", None, "Output directory.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
 
 
 def horizon_scores(prep: meta_train.Prepared, params, horizons: list[int]) -> list[dict]:
@@ -62,33 +63,37 @@ def markdown(rows: list[dict], bank: str, checkpoint_dir: str) -> str:
 
 
 def main(argv):
-    del argv
-    config = _CONFIG.value
-    if config is None:
-        raise app.UsageError("--config is required")
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    config = f.config
+    if config is None or not f.meta_checkpoint or not f.out:
+        raise app.UsageError("--config, --meta_checkpoint and --out are required")
     cli.quiet_library_logs()
     with cli.exit_on_bad_input():
-        horizons = [int(h) for h in _HORIZONS.value]
+        horizons = [int(h) for h in f.horizons]
         if not horizons or min(horizons) < 0:
-            raise ValueError(f"--horizons must be integers >= 0, got {_HORIZONS.value}")
-        out = outputs.check_output_dir(_OUT.value, overwrite=_OVERWRITE.value)
+            raise ValueError(f"--horizons must be integers >= 0, got {f.horizons}")
+        out = outputs.check_output_dir(f.out, overwrite=f.overwrite)
         if not config.val.tasks:
             raise ValueError("the config's val.tasks is 0: there is no bank to score")
         row = settings_for(config.source)
         with tempfile.TemporaryDirectory() as workdir:  # prepare wants one; nothing is written
             prep = meta_train.prepare(config, os.path.join(workdir, "w"), zca=row["zca"],
                                       default_image_size=row["image_size"])
-        params, _ = checkpoint.load_generator(_CKPT.value, prep.gen_config,
+        params, _ = checkpoint.load_generator(f.meta_checkpoint, prep.gen_config,
                                               prep.dataset.image_shape)
     rows = horizon_scores(prep, params, horizons)
     bank = config.val.source or config.source
-    result = {"meta_checkpoint": _CKPT.value, "bank_source": bank, "val": config.val.to_dict(),
-              "horizons": rows}
+    result = {"meta_checkpoint": f.meta_checkpoint, "bank_source": bank,
+              "val": config.val.to_dict(), "horizons": rows}
     with outputs.atomic_dir(out) as tmp:
         outputs.write_json(os.path.join(tmp, "horizon.json"), result)
-        outputs.write_text(os.path.join(tmp, "horizon.md"), markdown(rows, bank, _CKPT.value))
-    print(markdown(rows, bank, _CKPT.value))
+        outputs.write_text(os.path.join(tmp, "horizon.md"),
+                           markdown(rows, bank, f.meta_checkpoint))
+    print(markdown(rows, bank, f.meta_checkpoint))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -174,3 +174,18 @@ def test_bank_horizon_scores_identity_as_one_and_a_moved_generator_otherwise(tmp
     assert bank_horizon.horizon_scores(prep, moved, [0])[0]["val_ratio"] != 1.0
     table = bank_horizon.markdown(rows, "digits", "ckpt")
     assert "| adaptation steps K | 0 | 2 |" in table and "| ratio meta / identity | 1.0000 |" in table
+
+
+def test_bank_horizon_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "experiments.bank_horizon",
+           "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
+           "--meta_checkpoint=nowhere", "--horizons=0,-5", f"--out={tmp_path / 'o'}"]
+    p = subprocess.run(cmd, check=False, cwd=repo, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith("error: ") and "horizons" in p.stderr
+    assert not (tmp_path / "o").exists()
