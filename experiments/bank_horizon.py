@@ -18,14 +18,13 @@ import dataclasses
 import os
 import tempfile
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
 from experiments.configs.datasets import settings_for
 from mgdd_jax import checkpoint, meta_train, meta_val, outputs
-from mgdd_jax import generator as gen_lib
+
 
 def define_flags() -> None:
     """Defined by the launcher only (not at import: tests import this module with others)."""
@@ -39,8 +38,7 @@ def define_flags() -> None:
 
 def horizon_scores(prep: meta_train.Prepared, params, horizons: list[int]) -> list[dict]:
     """``val_*`` scores of ``params`` against the identity after each K of ``horizons``."""
-    k_init, _ = jax.random.split(jax.random.key(prep.loop.seed))
-    identity = gen_lib.init_generator(k_init, prep.dataset.image_shape, prep.gen_config)
+    identity = meta_train.initial_params(prep)  # what the run's val_identity scored
     rows = []
     for k in horizons:
         val = dataclasses.replace(prep.val, steps=k)

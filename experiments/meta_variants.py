@@ -6,11 +6,11 @@ r"""Compare meta-learning variants on their validation bank (issue 10, item 2).
 
 Reads each meta-training workdir's ``metrics.jsonl`` and ``config.json`` (runs of
 ``experiments/configs/meta_fmnist_split.py``'s or ``meta_sources.py``'s variants share one
-validation bank: same ``val`` subtree and bank dataset, ``val.source`` or else the run's) and writes ``comparison.json`` (per run: the bank's ``val_gap``
-and ``val_ratio`` at every scored step, meta step time, mean ``grad_agreement`` and
-``inner_displacement``), ``comparison.md`` (the table at the steps all runs reached) and
-``comparison.png`` (``val_ratio`` against meta steps and against wall time). Refuses runs
-whose banks differ.
+validation bank: same ``val`` subtree and bank dataset, ``val.source`` or else the run's) and
+writes ``comparison.json`` (per run: the bank's ``val_gap`` and ``val_ratio`` at every
+scored step, meta step time, mean ``grad_agreement`` and ``inner_displacement``),
+``comparison.md`` (the table at the steps all runs reached) and ``comparison.png``
+(``val_ratio`` against meta steps and against wall time). Refuses runs whose banks differ.
 """
 
 from __future__ import annotations

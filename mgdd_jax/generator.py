@@ -222,7 +222,7 @@ def with_image_channels(
     params: Any, image_shape: tuple[int, int, int], config: GeneratorConfig,
     key: chex.PRNGKey | None = None,
 ) -> dict[str, Any]:
-    """ω of a generator for other channels -> ω for ``config``'s (App. B): core kept, fresh adaptors.
+    """ω of a generator for other channels -> ω for ``config``'s (App. B): fresh adaptors.
 
     The core (every layer but ``adaptor_in``/``adaptor_out``) is kept; the adaptors are those
     of :func:`init_generator` for ``config`` (replicate in, average out; none when

@@ -280,6 +280,19 @@ def prepare(config: Mapping[str, Any], workdir: str, *, zca: bool = False,
 
 
 # ------------------------------------------------------------------------------ train
+def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(generator init, steps): the two keys of a run's seed."""
+    k_init, k_steps = jax.random.split(jax.random.key(seed))
+    return k_init, k_steps
+
+
+def initial_params(prep: Prepared) -> Any:
+    """The run's ω at step 0 (the identity map; the bank's identity score is of these)."""
+    # One compiled function instead of a compile per layer op (same values as eager).
+    return jax.jit(init_generator, static_argnums=(1, 2))(
+        _run_keys(prep.loop.seed)[0], prep.dataset.image_shape, prep.gen_config)
+
+
 def is_main_process() -> bool:
     """Whether this process writes the workdir's files (process 0 of a multi-host run)."""
     return jax.process_index() == 0
@@ -342,10 +355,8 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     if main:
         outputs.write_json(os.path.join(workdir, "config.json"), prep.config)
 
-    k_init, k_steps = jax.random.split(jax.random.key(loop.seed))
-    # One compiled function instead of a compile per layer op (same values as eager).
-    params = jax.jit(init_generator, static_argnums=(1, 2))(k_init, ds.image_shape,
-                                                            prep.gen_config)
+    _, k_steps = _run_keys(loop.seed)
+    params = initial_params(prep)
     state = meta.init_meta_state(params, mcfg, mesh)
     val = prep.val
     score = identity = None

@@ -138,8 +138,7 @@ def make_scorer(gen_config: GeneratorConfig, config: meta.MetaConfig, val: ValCo
     """
     feature = config.feature
     channels = gen_config.image_channels if bank_channels is None else bank_channels
-    run_config, gen_config = gen_config, dataclasses.replace(gen_config,
-                                                             image_channels=channels)
+    bank_gen = dataclasses.replace(gen_config, image_channels=channels)
     opt = optim.adam_cosine(val.learning_rate, max(val.steps, 1), 1.0, val.b1, val.b2)
 
     @jax.jit
@@ -147,15 +146,15 @@ def make_scorer(gen_config: GeneratorConfig, config: meta.MetaConfig, val: ValCo
         task = jax.tree.map(jnp.asarray, task)
         k_theta, k_adapt, k_eval = jax.random.split(jax.random.wrap_key_data(task["key"]), 3)
         x_t, y_t, x_s, mask = task["x_t"], task["y_t"], task["x_s"], task["s_mask"]
-        if gen_config.image_channels != run_config.image_channels:
-            params = with_image_channels(params, x_t.shape[1:], gen_config)
+        if bank_gen.image_channels != gen_config.image_channels:
+            params = with_image_channels(params, x_t.shape[1:], bank_gen)
         theta = nets.init_feature_params(k_theta, x_t.shape[1:], feature)
         w_t = krr.target_weights(nets.conv_features(theta, x_t, feature), y_t, config.reg)
         y_s = objective.eq3_labels(theta, w_t, x_s, feature)
 
         def loss(p, k):
             return objective.generator_krr_loss(
-                p, x_s, y_s, x_t, y_t, task["ipc"], k, gen_config=gen_config,
+                p, x_s, y_s, x_t, y_t, task["ipc"], k, gen_config=bank_gen,
                 feature=feature, reg=config.reg, support_mask=mask)
 
         def step(carry, k):

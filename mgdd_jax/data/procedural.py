@@ -10,9 +10,10 @@ meta-training source for MGDD Alg. 1 disjoint from every benchmark target:
   probabilities proportional to ``|det|`` as in FractalDB, kept when its rendering fills 5-60%
   of the canvas; FractalDB draws the six parameters of a map uniformly in [-1, 1] and keeps
   what fills enough, which accepts ~3% of draws here, so the linear parts are drawn as
-  rotation · diag(singular values in [0.2, 0.85], random reflection) · rotation instead); a sample is that attractor drawn by the chaos game with every map
-  parameter jittered by up to ±5% (FractalDB's intra-class variation), a random rotation,
-  scale, shift and mirror, and 1-2 pixel points.
+  rotation · diag(singular values in [0.2, 0.85], random reflection) · rotation instead); a
+  sample is that attractor drawn by the chaos game with every map parameter jittered by up
+  to ±5% (FractalDB's intra-class variation), a random rotation, scale, shift and mirror,
+  and 1-2 pixel points.
 * ``deadleaves``: a class is a dead-leaves family (occluding shapes with power-law sizes):
   its shape (disc, square, ellipse or bar at a class orientation), size exponent and range,
   and grey palette; a sample is a new random stack of ``[40, 120)`` leaves.
@@ -28,8 +29,8 @@ mixes with ``glyphs`` (``mix:glyphs+procedural``, :mod:`mgdd_jax.data.sources`).
 Names: ``procedural`` (all three kinds, 1000 classes x 64 samples, 32x32, seed 0) or
 ``procedural:kinds=fractal/texture,classes=C,per_class=N,size=S,seed=K`` (any subset of the
 keys). Generation is vectorised per class in NumPy (on the 2-core CPU: ~0.06 s per fractal,
-~0.1 s per dead-leaves and ~5 ms per texture class of 64 samples; under a minute for the default)
-and deterministic: every draw comes from :func:`mgdd_jax.rng.numpy_rng` of an explicit key,
+~0.1 s per dead-leaves and ~5 ms per texture class of 64 samples; under a minute for the
+default) and deterministic: every draw comes from :func:`mgdd_jax.rng.numpy_rng` of an explicit key,
 the stream of the kind and the class index, so a class does not depend on the others.
 """
 
@@ -51,7 +52,6 @@ DEFAULT_IMAGE_SIZE = 32
 DEFAULT_SEED = 0
 # Random-stream tags (distinct from glyphs' colour and split tags, which are reused as is).
 _STREAM = {"fractal": 101, "deadleaves": 102, "texture": 103}
-_STREAM_SAMPLE = 7  # second tag: the samples of a class (its first draws fix the class)
 _MAX_TRIES = 200
 
 
@@ -110,7 +110,10 @@ def rasterise(points: np.ndarray, size: int) -> np.ndarray:
 
 def _chaos_game(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, probs: np.ndarray,
                 chains: int = 96, iters: int = 40, burn: int = 8) -> np.ndarray:
-    """Points of the attractors of ``(n, m)`` maps ``x -> a x + b``, ``(n, chains*(iters-burn), 2)``."""
+    """Points of the attractors of ``(n, m)`` maps ``x -> a x + b``.
+
+    Returns ``(n, chains * (iters - burn), 2)``: every chain's points after ``burn`` steps.
+    """
     n, m = probs.shape
     x = rng.uniform(-1, 1, (n, chains, 2))
     cdf = np.cumsum(probs, axis=1)
@@ -137,7 +140,7 @@ def _rotation(angle: np.ndarray) -> np.ndarray:
 
 
 def _contraction(rng: np.random.Generator, m: int) -> np.ndarray:
-    """``(m, 2, 2)`` linear parts ``R(φ) diag(s1, ±s2) R(ψ)`` with singular values in [0.2, 0.85]."""
+    """``(m, 2, 2)`` linear parts ``R(φ) diag(s1, ±s2) R(ψ)``, singular values in [0.2, 0.85]."""
     s = rng.uniform(0.2, 0.85, (m, 2)) * np.stack([np.ones(m), rng.choice([-1.0, 1.0], m)], -1)
     return _rotation(rng.uniform(0, 2 * np.pi, m)) @ (
         s[..., None] * _rotation(rng.uniform(0, 2 * np.pi, m)))
@@ -164,8 +167,7 @@ def _fractal_class(rng: np.random.Generator, c: int, per_class: int, size: int) 
     angle = srng.uniform(0, 2 * np.pi, n)
     scale = srng.uniform(0.75, 1.05, n)
     mirror = np.where(srng.random(n) < 0.5, -1.0, 1.0)
-    rot = np.stack([np.stack([np.cos(angle) * mirror, -np.sin(angle)], -1),
-                    np.stack([np.sin(angle) * mirror, np.cos(angle)], -1)], -2)
+    rot = _rotation(angle) * np.stack([mirror, np.ones(n)], -1)[:, None, :]  # R · diag(±1, 1)
     shift = srng.uniform(-0.08, 0.08, (n, 1, 2))
     pts = 0.5 + scale[:, None, None] * np.einsum("nij,npj->npi", rot, pts - 0.5) + shift
     counts = rasterise(pts, size)
