@@ -385,6 +385,18 @@ def task_meta_loss(
     ``params`` through the whole inner loop; ``order="first"`` or ``"reptile"`` stop the
     gradient through the inner gradients.
     """
+    loss_at, keys = _task_objective(task, key, gen_config=gen_config, config=config)
+    adapted, inner_losses = _inner_loop(params, loss_at, keys[:-1], config, unroll)
+    return loss_at(adapted, config.inner_steps, keys[-1]), {"inner": inner_losses,
+                                                             "adapted": adapted}
+
+
+def _task_objective(
+    task: dict[str, jax.Array], key: chex.PRNGKey, *, gen_config: GeneratorConfig,
+    config: MetaConfig,
+) -> tuple[Callable[[Any, jax.Array, chex.PRNGKey], jax.Array], jax.Array]:
+    """One task's ``loss_at(params, i, key)`` (GetTrainingLoss, Alg. 1 lines 1-7, on the
+    i-th initial set) and the T + 1 step keys (T inner steps, then the meta-test)."""
     cfg = config
     feature = cfg.feature
     task = jax.tree.map(jnp.asarray, task)
@@ -394,14 +406,23 @@ def task_meta_loss(
     theta = nets.init_feature_params(k_theta, x_t.shape[1:], feature)
     w_t = krr.target_weights(nets.conv_features(theta, x_t, feature), y_t, cfg.reg)  # Eq. 3
 
-    def loss_at(p, i, k):  # GetTrainingLoss (Alg. 1 lines 1-7) for the i-th initial set
+    def loss_at(p, i, k):
         x_s = pool[task["s_idx"][i]]
         y_s = objective.eq3_labels(theta, w_t, x_s, feature)
         return objective.generator_krr_loss(
             p, x_s, y_s, x_t, y_t, task["ipc"][i], k, gen_config=gen_config, feature=feature,
             reg=cfg.reg, support_mask=task["s_mask"][i])
 
-    keys = jax.random.split(k_steps, cfg.inner_steps + 1)
+    return loss_at, jax.random.split(k_steps, cfg.inner_steps + 1)
+
+
+def _inner_loop(
+    params: Any, loss_at: Callable[[Any, jax.Array, chex.PRNGKey], jax.Array],
+    keys: jax.Array, config: MetaConfig, unroll: int | bool | None,
+) -> tuple[Any, jax.Array]:
+    """Alg. 1 lines 11-17: ``(ω', the T inner losses)`` from a fresh :func:`inner_optimizer`
+    state; the inner gradients are stopped unless ``config.order == "second"``."""
+    cfg = config
     opt = inner_optimizer(cfg)
 
     def inner(carry, inputs):
@@ -419,14 +440,11 @@ def task_meta_loss(
         for i in range(cfg.inner_steps):
             carry, loss = inner(carry, (i, keys[i]))
             losses.append(loss)
-        inner_losses = jnp.stack(losses)
-    else:
-        carry, inner_losses = jax.lax.scan(
-            inner, carry, (jnp.arange(cfg.inner_steps), keys[:-1]),
-            unroll=cfg.scan_unroll if unroll is None else unroll)
-    adapted = carry[0]
-    return loss_at(adapted, cfg.inner_steps, keys[-1]), {"inner": inner_losses,
-                                                          "adapted": adapted}
+        return carry[0], jnp.stack(losses)
+    carry, inner_losses = jax.lax.scan(
+        inner, carry, (jnp.arange(cfg.inner_steps), keys),
+        unroll=cfg.scan_unroll if unroll is None else unroll)
+    return carry[0], inner_losses
 
 
 def task_meta_gradient(
@@ -439,15 +457,25 @@ def task_meta_gradient(
     loop; ``"first"``: first-order MAML) or Reptile's ``ω - ω'`` (``"reptile"``; the outer
     Adam then moves ω towards ω'). Arguments as :func:`task_meta_loss`.
     """
-    loss_fn = functools.partial(task_meta_loss, gen_config=gen_config, config=config,
-                                unroll=unroll)
-    if config.order == "reptile":
-        loss, aux = loss_fn(params, task, key)
-        grads = jax.tree.map(jnp.subtract, params, aux["adapted"])
-    else:
+    if config.order == "second":
+        loss_fn = functools.partial(task_meta_loss, gen_config=gen_config, config=config,
+                                    unroll=unroll)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, task, key)
-    moved = optax.tree.norm(jax.tree.map(jnp.subtract, aux["adapted"], params))
-    return loss, aux["inner"], grads, moved
+        adapted, inner_losses = aux["adapted"], aux["inner"]
+    else:
+        # First order and Reptile need no derivative through the inner loop, so it runs
+        # outside any differentiation: no linearisation of T inner steps to build, store or
+        # compile (with T = 20 unrolled on the CPU, that graph took minutes to compile).
+        loss_at, keys = _task_objective(task, key, gen_config=gen_config, config=config)
+        adapted, inner_losses = _inner_loop(params, loss_at, keys[:-1], config, unroll)
+        meta_test = functools.partial(loss_at, i=config.inner_steps, k=keys[-1])
+        if config.order == "reptile":
+            loss = meta_test(adapted)
+            grads = jax.tree.map(jnp.subtract, params, adapted)
+        else:  # FOMAML: ∇ at ω', applied to ω (dω'/dω taken as the identity)
+            loss, grads = jax.value_and_grad(meta_test)(adapted)
+    moved = optax.tree.norm(jax.tree.map(jnp.subtract, adapted, params))
+    return loss, inner_losses, grads, moved
 
 
 def init_meta_state(params: Any, config: MetaConfig, mesh: Mesh) -> dict[str, Any]:
