@@ -90,7 +90,7 @@ def summarise(name: str, path: str) -> dict:
 def markdown(result: dict) -> str:
     runs = result["runs"]
     common = sorted(set.intersection(*[{v["step"] for v in r["val"]} for r in runs]))
-    head = ("| variant | source | order | inner | support | init | tasks/step | outer lr | "
+    head = ("| variant | source | order | inner steps | support | init | tasks/step | outer lr | "
             "s/step | "
             "grad agreement | ‖ω'−ω‖ | " + " | ".join(f"ratio @ {s}" for s in common)
             + f" | last ratio (step) | mean of last {MEAN_LAST} |")
@@ -99,8 +99,8 @@ def markdown(result: dict) -> str:
         m = r["meta"]
         by = {v["step"]: v for v in r["val"]}
         lines.append(
-            f"| {r['name']} | {r['source']} | {m['order']} | {m['inner_opt']} "
-            f"α={m['inner_lr']:g} | "
+            f"| {r['name']} | {r['source']} | {m['order']} | {m['inner_steps']} × "
+            f"{m['inner_opt']} α={m['inner_lr']:g} | "
             f"{m['support']} | {'fixed' if m['fixed_init'] else 'varied'} | "
             f"{m['tasks_per_step']} | {m['outer_lr']:g} | "
             f"{r['seconds_per_meta_step']:.1f} | {r['mean_grad_agreement']:.3f} | "
