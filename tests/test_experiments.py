@@ -82,11 +82,12 @@ def test_cross_ipc(tmp_path):
 
 
 
-def _meta_workdir(path, rows, *, source="digits", order="first", bank=""):
+def _meta_workdir(path, rows, *, source="digits", order="first", bank="", inner_steps=5):
     from mgdd_jax import outputs
 
     os.makedirs(path)
-    meta = dict(order=order, inner_opt="adam", inner_lr=1e-4, support="disjoint",
+    meta = dict(order=order, inner_steps=inner_steps, inner_opt="adam", inner_lr=1e-4,
+                support="disjoint",
                 fixed_init=True, tasks_per_step=4, outer_lr=1e-3)
     val = dict(tasks=2, steps=3, every=2, learning_rate=1e-4, b1=0.9, b2=0.999,
                eval_draws=1, seed=0, source=bank)
@@ -114,7 +115,7 @@ def test_meta_variants_table_times_and_refusals(tmp_path):
                                         val(2, 12.0, 0.9), train(3, 14.0), train(4, 16.0),
                                         train(5, 5.0), train(6, 7.0), val(6, 7.0, 0.8)])
     b = _meta_workdir(tmp_path / "b", [val(0, 0.0, 1.0), train(1, 3.0), train(2, 6.0),
-                                        val(2, 6.0, 0.95)], order="reptile")
+                                        val(2, 6.0, 0.95)], order="reptile", inner_steps=20)
     result = meta_variants.compare(meta_variants.parse_runs([f"fo:{a}", f"rep:{b}"]))
     fo = result["runs"][0]
     assert [v["time_s"] for v in fo["val"]] == [0.0, 12.0, 23.0]  # resumed after t=16
@@ -123,7 +124,9 @@ def test_meta_variants_table_times_and_refusals(tmp_path):
     assert "ratio @ 0 | ratio @ 2 | last ratio (step)" in table  # step 6: only run a
     assert fo["mean_last_ratio"] == pytest.approx((0.9 + 0.8) / 2)  # < 4 scores, not step 0
     assert "| 0.8000 (6) | 0.8500 |" in table
-    assert "| fo | digits | first |" in table and "0.8000 (6)" in table and "0.9500 (2)" in table
+    assert "| fo | digits | first | 5 × adam α=0.0001 |" in table
+    assert "| rep | digits | reptile | 20 × adam α=0.0001 |" in table  # T, the inner steps
+    assert "0.8000 (6)" in table and "0.9500 (2)" in table
     meta_variants.plot(result, str(tmp_path / "c.png"))
     assert os.path.getsize(tmp_path / "c.png") > 1000
     other = _meta_workdir(tmp_path / "o", [val(0, 0.0, 1.0)], source="digits#classes=0-4")
