@@ -377,7 +377,7 @@ def task_meta_loss(
     """Alg. 1 lines 10-17 for one task: ``(meta-test loss, aux)``.
 
     ``aux`` holds ``"inner"`` (the T inner losses) and ``"adapted"`` (ω' after the inner
-    loop, for Reptile and the displacement metric). ``unroll``: of the inner ``lax.scan``
+    loop). ``unroll``: of the inner ``lax.scan``
     (``None``: ``config.scan_unroll``); ``True``: a Python loop instead, so no XLA while loop
     (see the module docstring's *Loops*). It changes speed and compile time only.
 

@@ -87,8 +87,7 @@ def _meta_workdir(path, rows, *, source="digits", order="first", bank="", inner_
 
     os.makedirs(path)
     meta = dict(order=order, inner_steps=inner_steps, inner_opt="adam", inner_lr=1e-4,
-                support="disjoint",
-                fixed_init=True, tasks_per_step=4, outer_lr=1e-3)
+                support="disjoint", fixed_init=True, tasks_per_step=4, outer_lr=1e-3)
     val = dict(tasks=2, steps=3, every=2, learning_rate=1e-4, b1=0.9, b2=0.999,
                eval_draws=1, seed=0, source=bank)
     outputs.write_json(os.path.join(path, "config.json"),
