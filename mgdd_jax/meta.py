@@ -101,6 +101,9 @@ INNER_ADAM_EPS_ROOT = 1e-16
 # What runs made before those fields existed did (MetaConfig.from_dict).
 LEGACY_FIELDS: dict[str, Any] = {"inner_opt": "sgd", "inner_b1": 0.9, "inner_b2": 0.999,
                                  "support": "in_batch", "fixed_init": False}
+# Fields added later, with the value that reproduces what runs made before them did (every
+# stored MetaConfig lacking them is read with these).
+ADDED_FIELDS: dict[str, Any] = {"start_weight": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +133,10 @@ class MetaConfig:
         update adaptation makes, Alg. 2 l. 12, so α = adaptation's learning rate moves ω' as
         far per step as adaptation does).
       inner_b1, inner_b2: the inner Adam's moments (``inner_opt="adam"``).
+      start_weight: λ ≥ 0, the weight of the meta-test loss at ω itself (before any inner
+        step, same initial set and θ*) added to the meta objective: ``L(ω') + λ L(ω)``, so
+        the meta generator is also scored where adaptation starts. 0: Alg. 1 as written.
+        With ``order="reptile"`` only 0 (``ω - ω'`` is not the gradient of a loss to add to).
       support: where each initial set's images come from (:data:`SUPPORTS`):
         ``"in_batch"`` rows of the task's real batch 𝒯 (Alg. 1 as written: on average some
         targets are the supports themselves), ``"disjoint"`` images of the same classes
@@ -159,6 +166,7 @@ class MetaConfig:
     inner_opt: str
     inner_b1: float
     inner_b2: float
+    start_weight: float
     support: str
     fixed_init: bool
     reg: float
@@ -196,6 +204,12 @@ class MetaConfig:
             if getattr(self, field) not in allowed:
                 raise ValueError(f"meta.{field} must be one of {allowed}, got "
                                  f"{getattr(self, field)!r}")
+        if not self.start_weight >= 0:
+            raise ValueError(f"meta.start_weight must be >= 0, got {self.start_weight}")
+        if self.start_weight and self.order == "reptile":
+            raise ValueError("meta.start_weight needs order 'first' or 'second': Reptile's "
+                             "ω - ω' is not a loss gradient to add λ ∇L(ω) to; set "
+                             "--config.meta.start_weight=0 or another --config.meta.order")
         if not (0 <= self.inner_b1 < 1 and 0 <= self.inner_b2 < 1):
             raise ValueError(f"inner Adam's b1 and b2 must be in [0, 1), got {self.inner_b1}, "
                              f"{self.inner_b2}")
@@ -214,6 +228,8 @@ class MetaConfig:
             d["order"] = "first" if d.pop("first_order") else "second"
             for k, v in LEGACY_FIELDS.items():
                 d.setdefault(k, v)
+        for k, v in ADDED_FIELDS.items():
+            d.setdefault(k, v)
         return cls(**d)
 
     @classmethod
@@ -374,10 +390,11 @@ def task_meta_loss(
     config: MetaConfig,
     unroll: int | bool | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
-    """Alg. 1 lines 10-17 for one task: ``(meta-test loss, aux)``.
+    """Alg. 1 lines 10-17 for one task: ``(meta objective, aux)``.
 
-    ``aux`` holds ``"inner"`` (the T inner losses) and ``"adapted"`` (ω' after the inner
-    loop). ``unroll``: of the inner ``lax.scan``
+    The meta objective is the meta-test loss L(ω') plus ``config.start_weight`` × the same
+    loss at ω (the start of adaptation). ``aux`` holds ``"inner"`` (the T inner losses),
+    ``"adapted"`` (ω' after the inner loop) and ``"meta_test"`` (L(ω')). ``unroll``: of the inner ``lax.scan``
     (``None``: ``config.scan_unroll``); ``True``: a Python loop instead, so no XLA while loop
     (see the module docstring's *Loops*). It changes speed and compile time only.
 
@@ -391,8 +408,12 @@ def task_meta_loss(
     """
     loss_at, keys = _task_objective(task, key, gen_config=gen_config, config=config)
     adapted, inner_losses = _inner_loop(params, loss_at, keys[:-1], config, unroll)
-    return loss_at(adapted, config.inner_steps, keys[-1]), {"inner": inner_losses,
-                                                             "adapted": adapted}
+    meta_test = loss_at(adapted, config.inner_steps, keys[-1])
+    objective_value = meta_test
+    if config.start_weight:
+        objective_value = objective_value + config.start_weight * loss_at(
+            params, config.inner_steps, keys[-1])
+    return objective_value, {"inner": inner_losses, "adapted": adapted, "meta_test": meta_test}
 
 
 def _task_objective(
@@ -457,15 +478,17 @@ def task_meta_gradient(
 ) -> tuple[jax.Array, jax.Array, Any, jax.Array]:
     """One task's ``(meta-test loss, inner losses, meta-gradient, ‖ω' - ω‖)`` (Alg. 1 l. 18).
 
-    The meta-gradient is ∇_ω of the meta-test loss (``order="second"``: through the inner
+    The meta-gradient is ∇_ω of the meta objective (``order="second"``: through the inner
     loop; ``"first"``: first-order MAML) or Reptile's ``ω - ω'`` (``"reptile"``; the outer
-    Adam then moves ω towards ω'). Arguments as :func:`task_meta_loss`.
+    Adam then moves ω towards ω'). With ``config.start_weight`` = λ > 0 it includes
+    λ ∇_ω L(ω) (the meta-test loss at the start). The returned loss is L(ω') in every case.
+    Arguments as :func:`task_meta_loss`.
     """
     if config.order == "second":
         loss_fn = functools.partial(task_meta_loss, gen_config=gen_config, config=config,
                                     unroll=unroll)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, task, key)
-        adapted, inner_losses = aux["adapted"], aux["inner"]
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, task, key)
+        loss, adapted, inner_losses = aux["meta_test"], aux["adapted"], aux["inner"]
     else:
         # First order and Reptile need no derivative through the inner loop, so it runs
         # outside any differentiation: no linearisation of T inner steps to build, store or
@@ -478,6 +501,9 @@ def task_meta_gradient(
             grads = jax.tree.map(jnp.subtract, params, adapted)
         else:  # FOMAML: ∇ at ω', applied to ω (dω'/dω taken as the identity)
             loss, grads = jax.value_and_grad(meta_test)(adapted)
+            if config.start_weight:  # + λ ∇L(ω): the start is scored too
+                grads = jax.tree.map(lambda g, h: g + config.start_weight * h, grads,
+                                     jax.grad(meta_test)(params))
     moved = optax.tree.norm(jax.tree.map(jnp.subtract, adapted, params))
     return loss, inner_losses, grads, moved
 

@@ -181,6 +181,8 @@ def _resume_view(ckpt_meta: Mapping[str, Any]) -> dict[str, Any]:
     info = ckpt_meta.get("info") or {}
     stored_meta = dict(info.get("meta") or {})
     feature = stored_meta.pop("feature", None)
+    if stored_meta:  # made before a field existed: what it did is the field's added value
+        stored_meta = {**meta.ADDED_FIELDS, **stored_meta}
     return {"source": info.get("source"), "seed": info.get("seed"),
             "generator": ckpt_meta.get("generator"), "feature": feature, "meta": stored_meta}
 

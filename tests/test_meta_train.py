@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments.configs import meta_glyphs
+from experiments.configs import meta_glyphs, meta_sources
 from mgdd_jax import checkpoint, meta, meta_train, outputs
 from mgdd_jax import generator as gen
 
@@ -119,6 +119,27 @@ def test_one_compatibility_check_names_fields():
     with pytest.raises(checkpoint.CheckpointMismatchError, match="generator.width=4"):
         checkpoint.check_compatible(GEN, gen.GeneratorConfig(**{**GEN.to_dict(), "width": 8}),
                                     "w")
+
+
+def test_checkpoint_made_before_a_field_existed_resumes_with_its_value():
+    """The committed fractal-source run predates ``meta.start_weight``: today's config of that
+    run resumes it (λ = 0 is what it did); λ = 0.5 is refused, naming the field."""
+    run = os.path.join(REPO, "results", "meta_sources_runs", "fractal", "checkpoints")
+    step, stored = checkpoint.read_meta(run)
+    assert "start_weight" not in stored["info"]["meta"]
+    config = meta_sources.get_config("fractal")
+
+    def ckpt_meta(c):
+        return checkpoint.checkpoint_meta(
+            meta_train.gen_config(c, 3), {"kind": "meta", "source": c.source,
+                                          "meta": meta_train.meta_config(c).to_dict(),
+                                          "seed": c.seed})
+
+    meta_train.check_resumable(run, step, ckpt_meta(config))
+    config.meta.start_weight = 0.5
+    with pytest.raises(checkpoint.CheckpointMismatchError,
+                       match=r"meta.start_weight: checkpoint 0.0 vs config 0.5"):
+        meta_train.check_resumable(run, step, ckpt_meta(config))
 
 
 # ------------------------------------------------------------------------------ the loop

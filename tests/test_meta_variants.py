@@ -85,12 +85,18 @@ def _reference(params, task, key, cfg, *, stop_inner=False):
             lambda a, mm, vv: a - cfg.inner_lr * (mm / (1 - cfg.inner_b1 ** t)) / (
                 jnp.sqrt(vv / (1 - cfg.inner_b2 ** t) + meta.INNER_ADAM_EPS_ROOT) + 1e-8),
             p, m, v)
-    return loss_at(p, cfg.inner_steps), p, grads[0]
+    # the meta objective: L(ω') + λ L(ω) on the meta-test set
+    return (loss_at(p, cfg.inner_steps) + cfg.start_weight * loss_at(params, cfg.inner_steps),
+            p, grads[0])
 
 
 def _close(a, b, **kw):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, **kw)
+
+
+def _norm(tree):
+    return float(np.sqrt(sum(float(jnp.sum(a * a)) for a in jax.tree.leaves(tree))))
 
 
 def _close_scaled(a, b, frac=1e-2):
@@ -196,6 +202,45 @@ def test_first_order_and_reptile_gradients_are_the_hand_computed_ones(digits):
     assert ADAM.inner_lr < biggest <= 2 * ADAM.inner_lr * 3.2
 
 
+def test_start_weight_scores_the_start_too(digits):
+    """``start_weight`` = λ: the objective is L(ω') + λ L(ω) (second order: its value and
+    gradient against the hand-written loop; first order: ∇L(ω') + λ ∇L(ω), the loop's
+    gradient with the inner gradients stopped); the returned loss stays L(ω')."""
+    lam = 0.7
+    task = _task(digits, jax.random.key(15), ADAM)
+    params, key = _params(digits, jax.random.key(16)), jax.random.key(17)
+    second = dataclasses.replace(ADAM, start_weight=lam)
+
+    def ours(p):
+        return meta.task_meta_loss(p, task, key, gen_config=GEN, config=second)
+
+    (obj, aux), g_ours = jax.jit(jax.value_and_grad(ours, has_aux=True))(params)
+    ref_obj, g_ref = jax.jit(jax.value_and_grad(
+        lambda p: _reference(p, task, key, second)[0]))(params)
+    plain = jax.jit(lambda p: _reference(p, task, key, ADAM)[0])(params)  # L(ω'), λ = 0
+    np.testing.assert_allclose(obj, ref_obj, rtol=1e-5)
+    np.testing.assert_allclose(aux["meta_test"], plain, rtol=1e-5)
+    assert float(obj - plain) > 1e-3 * float(plain)  # the start term is really there
+    _close_scaled(g_ours, g_ref)
+    loss2, _, g2, _ = jax.jit(lambda p: meta.task_meta_gradient(
+        p, task, key, gen_config=GEN, config=second))(params)
+    np.testing.assert_allclose(loss2, plain, rtol=1e-5)  # the logged loss is L(ω')
+    _close_scaled(g2, g_ref)
+
+    for lam_ in (0.0, lam):
+        first = dataclasses.replace(ADAM, order="first", start_weight=lam_)
+        loss, _, g_first, _ = jax.jit(lambda p, c=first: meta.task_meta_gradient(
+            p, task, key, gen_config=GEN, config=c))(params)
+        hand = jax.jit(jax.grad(
+            lambda p, c=first: _reference(p, task, key, c, stop_inner=True)[0]))(params)
+        np.testing.assert_allclose(loss, plain, rtol=1e-5)
+        _close_scaled(g_first, hand)
+        if lam_ == 0.0:
+            g_zero = g_first
+    change = _norm(jax.tree.map(jnp.subtract, g_first, g_zero))
+    assert change > 0.1 * _norm(g_zero)  # λ ∇L(ω) moves the meta-gradient
+
+
 def test_gradient_agreement_matches_numpy():
     rng = np.random.default_rng(0)
     grads = {"a": rng.normal(size=(5, 3, 4)).astype(np.float32),
@@ -259,9 +304,15 @@ def test_fixed_init_uses_one_set_for_every_step(digits):
 
 def test_bad_variant_values_and_legacy_records():
     for field, value in (("order", "third"), ("inner_opt", "lamb"), ("support", "nearby"),
-                         ("inner_b1", 1.0)):
+                         ("inner_b1", 1.0), ("start_weight", -0.5),
+                         ("start_weight", float("nan"))):
         with pytest.raises(ValueError, match=field.split("_")[-1]):
             dataclasses.replace(BASE, **{field: value})
+    with pytest.raises(ValueError, match="start_weight needs order 'first' or 'second'"):
+        dataclasses.replace(BASE, order="reptile", start_weight=0.5)
+    # records made before start_weight existed read as λ = 0 (what they did)
+    before = {k: v for k, v in BASE.to_dict().items() if k not in meta.ADDED_FIELDS}
+    assert meta.MetaConfig.from_dict(before) == BASE
     legacy = {k: v for k, v in BASE.to_dict().items()
               if k not in ("order", *meta.LEGACY_FIELDS)}
     old = meta.MetaConfig.from_dict({**legacy, "first_order": True})
