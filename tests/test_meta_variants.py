@@ -203,42 +203,34 @@ def test_first_order_and_reptile_gradients_are_the_hand_computed_ones(digits):
 
 
 def test_start_weight_scores_the_start_too(digits):
-    """``start_weight`` = λ: the objective is L(ω') + λ L(ω) (second order: its value and
-    gradient against the hand-written loop; first order: ∇L(ω') + λ ∇L(ω), the loop's
-    gradient with the inner gradients stopped); the returned loss stays L(ω')."""
+    """``start_weight`` = λ: the objective is L(ω') + λ L(ω), against the hand-written loop
+    (second order differentiates it as written; its gradients through the loop are checked
+    at λ = 0 above); first order is ∇L(ω') + λ ∇L(ω), the hand-written loop's gradient with
+    the inner gradients stopped; the logged loss stays L(ω')."""
     lam = 0.7
     task = _task(digits, jax.random.key(15), ADAM)
     params, key = _params(digits, jax.random.key(16)), jax.random.key(17)
     second = dataclasses.replace(ADAM, start_weight=lam)
+    first = dataclasses.replace(second, order="first")
 
-    def ours(p):
-        return meta.task_meta_loss(p, task, key, gen_config=GEN, config=second)
-
-    (obj, aux), g_ours = jax.jit(jax.value_and_grad(ours, has_aux=True))(params)
-    ref_obj, g_ref = jax.jit(jax.value_and_grad(
-        lambda p: _reference(p, task, key, second)[0]))(params)
-    plain = jax.jit(lambda p: _reference(p, task, key, ADAM)[0])(params)  # L(ω'), λ = 0
+    obj, aux = jax.jit(lambda p: meta.task_meta_loss(p, task, key, gen_config=GEN,
+                                                     config=second))(params)
+    ref_obj, plain = jax.jit(lambda p: (_reference(p, task, key, second)[0],
+                                        _reference(p, task, key, ADAM)[0]))(params)
     np.testing.assert_allclose(obj, ref_obj, rtol=1e-5)
-    np.testing.assert_allclose(aux["meta_test"], plain, rtol=1e-5)
-    assert float(obj - plain) > 1e-3 * float(plain)  # the start term is really there
-    _close_scaled(g_ours, g_ref)
-    loss2, _, g2, _ = jax.jit(lambda p: meta.task_meta_gradient(
-        p, task, key, gen_config=GEN, config=second))(params)
-    np.testing.assert_allclose(loss2, plain, rtol=1e-5)  # the logged loss is L(ω')
-    _close_scaled(g2, g_ref)
+    np.testing.assert_allclose(aux["meta_test"], plain, rtol=1e-5)  # L(ω'), λ = 0
+    assert float(obj - plain) > 0.1 * float(plain)  # the start term is really there
 
-    for lam_ in (0.0, lam):
-        first = dataclasses.replace(ADAM, order="first", start_weight=lam_)
-        loss, _, g_first, _ = jax.jit(lambda p, c=first: meta.task_meta_gradient(
-            p, task, key, gen_config=GEN, config=c))(params)
-        hand = jax.jit(jax.grad(
-            lambda p, c=first: _reference(p, task, key, c, stop_inner=True)[0]))(params)
-        np.testing.assert_allclose(loss, plain, rtol=1e-5)
-        _close_scaled(g_first, hand)
-        if lam_ == 0.0:
-            g_zero = g_first
-    change = _norm(jax.tree.map(jnp.subtract, g_first, g_zero))
-    assert change > 0.1 * _norm(g_zero)  # λ ∇L(ω) moves the meta-gradient
+    loss, _, g_first, _ = jax.jit(lambda p: meta.task_meta_gradient(
+        p, task, key, gen_config=GEN, config=first))(params)
+    hand = jax.jit(jax.grad(lambda p: _reference(p, task, key, first, stop_inner=True)[0]))(
+        params)
+    np.testing.assert_allclose(loss, plain, rtol=1e-5)  # the logged loss is L(ω')
+    _close_scaled(g_first, hand)
+    # λ ∇L(ω) is a large part of it, so a missing start term fails the comparison above
+    loss_at, keys = meta._task_objective(task, key, gen_config=GEN, config=first)
+    g_start = jax.jit(jax.grad(lambda p: loss_at(p, first.inner_steps, keys[-1])))(params)
+    assert lam * _norm(g_start) > 0.2 * _norm(hand)
 
 
 def test_gradient_agreement_matches_numpy():
