@@ -394,9 +394,10 @@ def task_meta_loss(
 
     The meta objective is the meta-test loss L(ω') plus ``config.start_weight`` × the same
     loss at ω (the start of adaptation). ``aux`` holds ``"inner"`` (the T inner losses),
-    ``"adapted"`` (ω' after the inner loop) and ``"meta_test"`` (L(ω')). ``unroll``: of the inner ``lax.scan``
-    (``None``: ``config.scan_unroll``); ``True``: a Python loop instead, so no XLA while loop
-    (see the module docstring's *Loops*). It changes speed and compile time only.
+    ``"adapted"`` (ω' after the inner loop) and ``"meta_test"`` (L(ω')). ``unroll``: of the
+    inner ``lax.scan`` (``None``: ``config.scan_unroll``); ``True``: a Python loop instead,
+    so no XLA while loop (see the module docstring's *Loops*). It changes speed and compile
+    time only.
 
     Each inner step and the meta-test use the one generator objective
     (:func:`mgdd_jax.objective.generator_krr_loss`, masked to the padded set's real rows) with

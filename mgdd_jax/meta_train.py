@@ -187,6 +187,13 @@ def _resume_view(ckpt_meta: Mapping[str, Any]) -> dict[str, Any]:
             "generator": ckpt_meta.get("generator"), "feature": feature, "meta": stored_meta}
 
 
+def run_checkpoint_meta(gcfg: GeneratorConfig, mcfg: meta.MetaConfig, source: str,
+                        seed: int) -> dict[str, Any]:
+    """What a meta run's checkpoints record of it (and :func:`check_resumable` compares)."""
+    return checkpoint.checkpoint_meta(
+        gcfg, {"kind": "meta", "source": source, "meta": mcfg.to_dict(), "seed": seed})
+
+
 def check_resumable(directory: str, step: int, ckpt_meta: Mapping[str, Any]) -> None:
     """Refuse to resume ``directory``'s ``step`` unless it was made with the same run config.
 
@@ -265,8 +272,7 @@ def prepare(config: Mapping[str, Any], workdir: str, *, zca: bool = False,
     mesh = meta.task_mesh()
     meta.check_mesh(mcfg, mesh)
 
-    ckpt_meta = checkpoint.checkpoint_meta(
-        gcfg, {"kind": "meta", "source": source, "meta": mcfg.to_dict(), "seed": loop.seed})
+    ckpt_meta = run_checkpoint_meta(gcfg, mcfg, source, loop.seed)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     start = checkpoint.latest_step(ckpt_dir) or 0
     if jax.process_count() > 1:

@@ -130,10 +130,8 @@ def test_checkpoint_made_before_a_field_existed_resumes_with_its_value():
     config = meta_sources.get_config("fractal")
 
     def ckpt_meta(c):
-        return checkpoint.checkpoint_meta(
-            meta_train.gen_config(c, 3), {"kind": "meta", "source": c.source,
-                                          "meta": meta_train.meta_config(c).to_dict(),
-                                          "seed": c.seed})
+        return meta_train.run_checkpoint_meta(meta_train.gen_config(c, 3),
+                                              meta_train.meta_config(c), c.source, c.seed)
 
     meta_train.check_resumable(run, step, ckpt_meta(config))
     config.meta.start_weight = 0.5
