@@ -81,6 +81,31 @@ def test_cross_ipc(tmp_path):
     assert os.path.getsize(tmp_path / "x.png") > 1000
 
 
+def test_cross_ipc_size_embedding_ablation(tmp_path):
+    """Fig. 3's yellow curve in the same run: a second generator without the size embedding,
+    adapted with the same key; the random real sets are those of the run without it."""
+    import dataclasses
+
+    c = smoke(tmp_path, "2,3")
+    c.adapt.steps = 2
+    prep = distill.prepare(c)
+    result = cross_ipc.run(prep, [1, 3], ablate_size_embedding=True)
+    assert set(result["adapt_seconds"]) == {"generated", "generated_no_size_embedding"}
+    for r in result["results"].values():
+        assert set(r) == {"seen_in_adaptation", "generated", "generated_no_size_embedding",
+                          "random_real"}
+        assert len(r["generated_no_size_embedding"]["per_seed"]) == 2
+    plain = cross_ipc.run(prep, [1])
+    assert plain["results"]["1"]["random_real"] == result["results"]["1"]["random_real"]
+    assert isinstance(plain["adapt_seconds"], float)
+    cross_ipc.plot(result, str(tmp_path / "x.png"))
+    assert os.path.getsize(tmp_path / "x.png") > 1000
+    off = dataclasses.replace(prep, fit=dataclasses.replace(prep.fit, gen_config=dataclasses.replace(
+        prep.fit.gen_config, size_embedding=False)))
+    with pytest.raises(ValueError, match="drop --config.generator.size_embedding=False"):
+        cross_ipc.run(off, [1], ablate_size_embedding=True)
+
+
 
 def _meta_workdir(path, rows, *, source="digits", order="first", bank="", inner_steps=5):
     from mgdd_jax import outputs
