@@ -116,7 +116,8 @@ def plot(result: dict, path: str) -> None:
         pts = result["curves"][name]["points"]
         ax.errorbar([p["step"] for p in pts], [100 * p["mean"] for p in pts],
                     yerr=[100 * p["std"] for p in pts], fmt=style, capsize=3,
-                    label={"meta": "from meta generator", "fresh": "from scratch"}[name])
+                    label={"meta": "from the meta generator",
+                           "fresh": "from a fresh generator (identity)"}[name])
     rr = result["random_real"]
     ax.axhline(100 * rr["mean"], color="gray", lw=1, ls=":", label="random real images")
     outputs.finish_line_plot(

@@ -1,15 +1,25 @@
 """Shared test settings: float32 CPU runs, tiny sizes, no downloads."""
 
 import os
+import tempfile
 
 # Tests must never touch the network or a user's cache.
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-data-dir")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# One XLA compilation cache for the whole test session, its xdist workers and the launchers
+# they start as subprocesses (through the environment): many tests compile the same tiny
+# programs. CI time only; a hit returns the executable XLA compiled for the same program.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "mgdd-jax-tests-xla-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +30,8 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def compile_events():
-    """A list that grows by one per XLA backend compilation while the test runs."""
+    """A list that grows by one per XLA executable obtained while the test runs: a backend
+    compilation or, as JAX times it the same way, a hit of the session's compilation cache."""
     events = []
 
     def listener(event, duration, **kw):
