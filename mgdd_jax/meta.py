@@ -106,6 +106,12 @@ LEGACY_FIELDS: dict[str, Any] = {"inner_opt": "sgd", "inner_b1": 0.9, "inner_b2"
 ADDED_FIELDS: dict[str, Any] = {"start_weight": 0.0}
 
 
+def with_added_fields(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored :meth:`MetaConfig.to_dict` (or a part of it) with every :data:`ADDED_FIELDS`
+    it lacks at its "as before" value: the one reading of runs made before a field existed."""
+    return {**ADDED_FIELDS, **stored}
+
+
 @dataclasses.dataclass(frozen=True)
 class MetaConfig:
     """Hyper-parameters of Alg. 1 (the paper's Tab. 7, meta-learning stage).
@@ -228,9 +234,7 @@ class MetaConfig:
             d["order"] = "first" if d.pop("first_order") else "second"
             for k, v in LEGACY_FIELDS.items():
                 d.setdefault(k, v)
-        for k, v in ADDED_FIELDS.items():
-            d.setdefault(k, v)
-        return cls(**d)
+        return cls(**with_added_fields(d))
 
     @classmethod
     def from_config(cls, meta: Mapping[str, Any], feature: Mapping[str, Any]) -> MetaConfig:
@@ -409,12 +413,20 @@ def task_meta_loss(
     """
     loss_at, keys = _task_objective(task, key, gen_config=gen_config, config=config)
     adapted, inner_losses = _inner_loop(params, loss_at, keys[:-1], config, unroll)
-    meta_test = loss_at(adapted, config.inner_steps, keys[-1])
-    objective_value = meta_test
+    meta_test = functools.partial(loss_at, i=config.inner_steps, k=keys[-1])
+    test_loss = meta_test(adapted)
+    objective_value = test_loss
     if config.start_weight:
-        objective_value = objective_value + config.start_weight * loss_at(
-            params, config.inner_steps, keys[-1])
-    return objective_value, {"inner": inner_losses, "adapted": adapted, "meta_test": meta_test}
+        objective_value = objective_value + _start_term(params, meta_test, config)
+    return objective_value, {"inner": inner_losses, "adapted": adapted, "meta_test": test_loss}
+
+
+def _start_term(params: Any, meta_test: Callable[[Any], jax.Array],
+                config: MetaConfig) -> jax.Array:
+    """λ L(ω): ``config.start_weight`` × the meta-test loss at the start of adaptation. The
+    one place the start is scored: in the meta objective (:func:`task_meta_loss`) and, as its
+    gradient, by first-order MAML (:func:`task_meta_gradient`)."""
+    return config.start_weight * meta_test(params)
 
 
 def _task_objective(
@@ -503,8 +515,8 @@ def task_meta_gradient(
         else:  # FOMAML: ∇ at ω', applied to ω (dω'/dω taken as the identity)
             loss, grads = jax.value_and_grad(meta_test)(adapted)
             if config.start_weight:  # + λ ∇L(ω): the start is scored too
-                grads = jax.tree.map(lambda g, h: g + config.start_weight * h, grads,
-                                     jax.grad(meta_test)(params))
+                grads = jax.tree.map(jnp.add, grads, jax.grad(_start_term)(
+                    params, meta_test, config))
     moved = optax.tree.norm(jax.tree.map(jnp.subtract, adapted, params))
     return loss, inner_losses, grads, moved
 

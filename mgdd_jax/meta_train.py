@@ -182,7 +182,7 @@ def _resume_view(ckpt_meta: Mapping[str, Any]) -> dict[str, Any]:
     stored_meta = dict(info.get("meta") or {})
     feature = stored_meta.pop("feature", None)
     if stored_meta:  # made before a field existed: what it did is the field's added value
-        stored_meta = {**meta.ADDED_FIELDS, **stored_meta}
+        stored_meta = meta.with_added_fields(stored_meta)
     return {"source": info.get("source"), "seed": info.get("seed"),
             "generator": ckpt_meta.get("generator"), "feature": feature, "meta": stored_meta}
 

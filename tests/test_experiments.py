@@ -97,7 +97,7 @@ def test_cross_ipc_size_embedding_ablation(tmp_path):
         assert len(r["generated_no_size_embedding"]["per_seed"]) == 2
     plain = cross_ipc.run(prep, [1])
     assert plain["results"]["1"]["random_real"] == result["results"]["1"]["random_real"]
-    assert isinstance(plain["adapt_seconds"], float)
+    assert set(plain["adapt_seconds"]) == {"generated"}  # one layout with or without
     cross_ipc.plot(result, str(tmp_path / "x.png"))
     assert os.path.getsize(tmp_path / "x.png") > 1000
     off = dataclasses.replace(prep, fit=dataclasses.replace(prep.fit, gen_config=dataclasses.replace(
