@@ -153,6 +153,11 @@ def test_summary_time_to_accuracy_and_new_ipc_cost():
     assert s["accuracy"]["random"]["10"]["steps"] == 0
     assert s["timing"]["mgdd"]["10"]["label_solve_s"] == 18.0
     assert benchmark.summarise(runs, 1000, "digits")["accuracy"]["mgdd"]["10"]["paper"] is None
+    # The paper's figures are at 28x28: none beside a run resized to another resolution.
+    assert benchmark.summarise(runs, 1000, "fashion_mnist", "krr", 28)["accuracy"]["mgdd"][
+        "10"]["paper"] == 83.4
+    assert benchmark.summarise(runs, 1000, "fashion_mnist", "krr", 64)["accuracy"]["mgdd"][
+        "10"]["paper"] is None
     md = benchmark.markdown({"summary": s, "ipcs": [10], "methods": ["random", "frepo", "mgdd"],
                              "eval_protocol": {"num_seeds": 3, "name": "cpu"},
                              "dataset": "fashion_mnist", "variant": "cpu", "device": "cpu"})
