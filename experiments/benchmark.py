@@ -178,11 +178,12 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     return prep
 
 
-def _previous_runs(prep: Prepared) -> list[dict[str, Any]]:
-    """The runs of earlier results in ``--out`` made with this config ([] with --overwrite)."""
+def _previous_runs(prep: Prepared) -> tuple[list[dict[str, Any]], float]:
+    """The runs of earlier results in ``--out`` made with this config, and the seconds of the
+    invocations that made them (([], 0.0) with --overwrite or none)."""
     path = prep.path(".json")
     if prep.config.overwrite or not os.path.exists(path):
-        return []
+        return [], 0.0
     try:
         with open(path) as f:
             previous = json.load(f)
@@ -193,13 +194,15 @@ def _previous_runs(prep: Prepared) -> list[dict[str, Any]]:
     if not same:
         raise ValueError(f"{path} holds results made with another config; pass --overwrite to "
                          "replace them, choose another --out, or rerun with that run's flags")
-    return previous["runs"]
+    # Files written before seconds_all_invocations existed hold one invocation's seconds.
+    earlier = previous.get("seconds_all_invocations", previous.get("seconds_this_invocation"))
+    return previous["runs"], float(earlier or 0.0)
 
 
 def run(prep: Prepared) -> dict[str, Any]:
     """Every (IPC, method) not in earlier results, then the summary and files; returns the JSON."""
     config, ds, protocol = prep.config, prep.dataset, prep.protocol
-    runs = _previous_runs(prep)
+    runs, earlier_seconds = _previous_runs(prep)
     have = {(r["method"], r["ipc"]) for r in runs}
     key = jax.random.key(config.seed)
     k_eval = api.job_keys(key)["eval"]
@@ -231,16 +234,19 @@ def run(prep: Prepared) -> dict[str, Any]:
             last = snaps[-1]
             outputs.write_npz(_set_path(prep, method, ipc), images=last.x, labels=last.y,
                               steps=np.int64(last.steps))
-            _write_outputs(prep, runs, time.perf_counter() - t_all, complete=False)
-    result = _write_outputs(prep, runs, time.perf_counter() - t_all, complete=True)
+            _write_outputs(prep, runs, time.perf_counter() - t_all, earlier_seconds,
+                           complete=False)
+    result = _write_outputs(prep, runs, time.perf_counter() - t_all, earlier_seconds,
+                            complete=True)
     print(markdown(result), file=sys.stderr)
     return result
 
 
-def _write_outputs(prep: Prepared, runs: list[dict[str, Any]], seconds: float, *,
-                   complete: bool) -> dict[str, Any]:
+def _write_outputs(prep: Prepared, runs: list[dict[str, Any]], seconds: float,
+                   earlier_seconds: float, *, complete: bool) -> dict[str, Any]:
     """The JSON, Markdown and PNGs of ``runs`` (each file atomic; ``complete`` False while a
-    long run is still going: the files then show the (method, IPC) runs finished so far)."""
+    long run is still going: the files then show the (method, IPC) runs finished so far).
+    ``seconds``: this invocation so far; ``earlier_seconds``: the invocations before it."""
     config = prep.config
     ipcs = sorted(set(prep.ipcs) | {r["ipc"] for r in runs})
     methods = list(prep.methods) + sorted({r["method"] for r in runs} - set(prep.methods))
@@ -254,6 +260,7 @@ def _write_outputs(prep: Prepared, runs: list[dict[str, Any]], seconds: float, *
         "runs": runs, "summary": summarise(runs, prep.snapshot_steps[-1], config.dataset,
                                             config.adapt.objective, config.image_size),
         "seconds_this_invocation": seconds,
+        "seconds_all_invocations": earlier_seconds + seconds,
     }
     result["complete"] = complete and not result["pending"]
     plot_curves(result, prep.path("_curves.png"))

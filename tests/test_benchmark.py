@@ -83,6 +83,15 @@ def test_resume_skips_finished_runs_and_refuses_another_config(tmp_path, monkeyp
     assert calls == ["random", "identity"]  # random came from the earlier results
     assert {r["method"] for r in result["runs"]} == {"random", "identity"}
     assert result["complete"] is True and result["pending"] == []
+    # The time of a resumed run adds up over its invocations.
+    assert result["seconds_all_invocations"] == pytest.approx(
+        partial["seconds_all_invocations"] + result["seconds_this_invocation"])
+    assert result["seconds_all_invocations"] > result["seconds_this_invocation"] > 0
+
+    # Nothing left to run: the files are rewritten, the earlier invocations' time is kept.
+    again = benchmark.run(benchmark.prepare(config))
+    assert calls == ["random", "identity"]
+    assert again["seconds_all_invocations"] >= result["seconds_all_invocations"]
 
     # More IPCs later: the same command with a longer --ipc list runs only what is new.
     result = benchmark.run(benchmark.prepare(smoke(out, "random", "1,2")))
