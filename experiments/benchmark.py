@@ -105,6 +105,12 @@ class Prepared:
 
 
 
+def output_stem(variant: str) -> str:
+    """The files' stem in ``--out``: ``benchmark`` for the ``cpu`` variant, else
+    ``benchmark_<variant>`` (its sets: ``<stem>_sets/<method>_ipc<K>.npz``)."""
+    return "benchmark" if variant == "cpu" else f"benchmark_{variant}"
+
+
 def parse_methods(text: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in str(text).split(","))
     if not names or any(not n for n in names):
@@ -152,7 +158,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
     from mgdd_jax.data import sources
     sources.resolve_source(config.dataset)  # unknown names fail here, before loading
     out = os.path.abspath(config.out or os.path.join("results", _slug(config.dataset)))
-    stem = "benchmark" if config.variant == "cpu" else f"benchmark_{config.variant}"
+    stem = output_stem(config.variant)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out={out} exists and is a file; choose a directory path.")
     parent = out if os.path.isdir(out) else os.path.dirname(out)
