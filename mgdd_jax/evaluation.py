@@ -459,7 +459,7 @@ def train_on_synthetic(
     checked while the *next* step runs, so a NaN / inf stops training at once.
     """
     protocol = _resolve(protocol)
-    mode = resolve_seeds(seeds)
+    mode = resolve_seeds(seeds, network=protocol.network)
     x, y, c = _check_syn(x_syn, y_syn, num_classes)
     x_dev = jnp.asarray(x, jnp.float32)
     if mode == "loop":
@@ -575,21 +575,31 @@ def _train(
 # copy of the step per network, traced in a Python loop inside the same jitted loop body (no
 # batched kernels: XLA:CPU turns vmap-batched convolution kernels into grouped convolutions,
 # while independent per-network graphs run side by side on its cores); "loop": the per-seed
-# reference loop, one jitted step per step (:func:`_train`); "auto": "unrolled" on CPU,
-# "vmap" elsewhere. Measured on the shared 2-core CPU (cpu protocol, 100 images, 3 seeds,
-# 100 steps; experiments/benchmarks/eval_speed.py -> results/bench/eval_speed_cpu.json):
-# unrolled 1.6x faster than the loop, vmap 2.7x slower.
+# reference loop, one jitted step per step (:func:`_train`); "auto": on CPU "unrolled" for the
+# ConvNet and "loop" for the unseen architectures of Tab. 4, "vmap" elsewhere. Measured on the
+# shared 2-core CPU (cpu protocol, 100 images, 3 seeds, 100 steps;
+# experiments/benchmarks/eval_speed.py -> results/bench/eval_speed_cpu.json): unrolled 1.6x
+# faster than the loop, vmap 2.7x slower. AlexNet, VGG11 and ResNet18 use flax's stock
+# convolutions, whose kernel gradients XLA:CPU runs on a slow fallback path inside a loop body
+# (``mgdd_jax.conv`` explains the cliff; the ConvNet's convs avoid it): there the per-step
+# loop, which jits one step outside any loop, is the fast one
+# (results/bench/eval_speed_cpu_<arch>.json).
 SEED_MODES: tuple[str, ...] = ("auto", "unrolled", "vmap", "loop")
 
 
-def resolve_seeds(seeds: str, backend: str | None = None) -> str:
-    """``"auto"`` -> ``"unrolled"`` on CPU and ``"vmap"`` on other backends (GPU, TPU)."""
+def resolve_seeds(seeds: str, backend: str | None = None, network: str = "convnet") -> str:
+    """``"auto"`` -> on CPU ``"unrolled"`` for the ConvNet and ``"loop"`` for the other
+    ``network``s (:data:`SEED_MODES` says why); ``"vmap"`` on other backends (GPU, TPU)."""
     if seeds not in SEED_MODES:
         raise ValueError(f"seeds must be one of {SEED_MODES}, got {seeds!r}")
+    if network not in nets.ARCHS:
+        raise ValueError(f"network must be one of {nets.ARCHS}, got {network!r}")
     if seeds != "auto":
         return seeds
     backend = jax.default_backend() if backend is None else backend
-    return "unrolled" if backend == "cpu" else "vmap"
+    if backend != "cpu":
+        return "vmap"
+    return "unrolled" if network == "convnet" else "loop"
 
 
 @functools.lru_cache(maxsize=32)
@@ -1033,8 +1043,9 @@ def evaluate_synthetic(
       progress: show a :class:`~mgdd_jax.progress.Progress` line on stderr during training
         (at most every 2 s, and at the end) and each seed's test accuracy.
       seeds: how the seeds are trained (:data:`SEED_MODES`): all at once in one jitted device
-        loop per chunk of steps, ``"vmap"``-batched or ``"unrolled"`` (``"auto"``: unrolled on
-        CPU, vmap elsewhere), or ``"loop"``, the per-seed reference (one jitted call per step).
+        loop per chunk of steps, ``"vmap"``-batched or ``"unrolled"``, or ``"loop"``, the
+        per-seed reference (one jitted call per step); ``"auto"``: :func:`resolve_seeds` for
+        the protocol's network (on CPU unrolled for the ConvNet, the loop for the others).
         The same numbers either way, up to float rounding.
 
     Returns:
@@ -1047,7 +1058,7 @@ def evaluate_synthetic(
         step).
     """
     protocol = _resolve(protocol)
-    mode = resolve_seeds(seeds)
+    mode = resolve_seeds(seeds, network=protocol.network)
     xt = _check_images(x_test, "x_test")
     prepared = _prepare(x_syn, y_syn, xt, y_test, num_classes)
     result = _evaluate_sets([key], [prepared], xt, protocol, progress, mode, None)[0]
@@ -1092,7 +1103,7 @@ def evaluate_many(
       ValueError: on bad input in any set, before any training; on a non-finite loss.
     """
     protocol = _resolve(protocol)
-    mode = resolve_seeds(seeds)
+    mode = resolve_seeds(seeds, network=protocol.network)
     sets = list(sets)
     if not sets:
         raise ValueError("sets is empty: pass a list of (x_syn, y_syn) pairs.")

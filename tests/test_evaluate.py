@@ -299,8 +299,35 @@ def test_resolve_seeds():
     assert evaluate.resolve_seeds("auto") == "unrolled"  # the tests run on CPU
     for mode in ("loop", "vmap", "unrolled"):
         assert evaluate.resolve_seeds(mode, "gpu") == mode
+        assert evaluate.resolve_seeds(mode, "cpu", "alexnet") == mode  # explicit modes stay
+    # Tab. 4's architectures: stock convs, slow inside a CPU loop body -> the per-step loop.
+    for arch in ("alexnet", "vgg11", "resnet18"):
+        assert evaluate.resolve_seeds("auto", "cpu", arch) == "loop"
+        assert evaluate.resolve_seeds("auto", "gpu", arch) == "vmap"
+    assert evaluate.resolve_seeds("auto", "cpu", "convnet") == "unrolled"
     with pytest.raises(ValueError, match="seeds must be one of"):
         evaluate.resolve_seeds("parallel")
+    with pytest.raises(ValueError, match="network must be one of"):
+        evaluate.resolve_seeds("auto", "cpu", "lenet")
+
+
+def test_auto_trains_unseen_architectures_with_the_loop_on_cpu(monkeypatch):
+    """evaluate_synthetic's "auto" follows the protocol's network (the loop path for VGG11)."""
+    used = []
+    real_loop, real_batched = evaluate._evaluate_loop, evaluate._train_batched
+    monkeypatch.setattr(evaluate, "_evaluate_loop",
+                        lambda *a, **k: used.append("loop") or real_loop(*a, **k))
+    monkeypatch.setattr(evaluate, "_train_batched",
+                        lambda *a, **k: used.append("batched") or real_batched(*a, **k))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 8, 8, 1)).astype(np.float32), np.array([0, 1, 0, 1])
+    xt, yt = rng.normal(size=(6, 8, 8, 1)).astype(np.float32), np.array([0, 1, 0, 1, 0, 1])
+    for network, expected in (("vgg11", "loop"), ("convnet", "batched")):
+        protocol = dataclasses.replace(evaluate.get_protocol("cpu"), network=network, steps=2,
+                                       num_seeds=1)
+        evaluate.evaluate_synthetic(jax.random.key(0), x, y, xt, yt, protocol, num_classes=2,
+                                    progress=False)
+        assert used[-1] == expected
 
 
 @pytest.mark.parametrize("mode", BATCHED_MODES)

@@ -2,10 +2,13 @@ r"""Wall time of one evaluation (train ``num_seeds`` networks, test them): per-s
 
     python -m experiments.benchmarks.eval_speed                      # cpu protocol, 2000 steps
     python -m experiments.benchmarks.eval_speed --steps=100 --repeats=3   # a quick measurement
+    python -m experiments.benchmarks.eval_speed --network=alexnet --ipc=1 --steps=50 \
+        --variants=loop,unrolled --out=results/bench/eval_speed_cpu_alexnet.json
 
 One fixed 100-image Fashion-MNIST set (10 random real training images per class, centred
 one-hot labels, the loader's standardisation) is evaluated with the ``cpu`` protocol
-(``get_protocol("cpu", "fashion_mnist")``: width-32 ConvNet, no flips) and 3 seeds against
+(``get_protocol("cpu", "fashion_mnist")``: width-32 ConvNet, no flips; ``--network`` another
+architecture of Tab. 4) and 3 seeds against
 the full test split, by :func:`mgdd_jax.evaluation.evaluate_synthetic` with each ``seeds=``
 variant (``--variants``):
 
@@ -37,7 +40,7 @@ from absl import app, flags
 
 from experiments import cli
 from experiments.benchmarks.common import machine_info
-from mgdd_jax import evaluation, krr, outputs
+from mgdd_jax import evaluation, krr, nets, outputs
 from mgdd_jax.data import load_dataset
 
 _OUT = flags.DEFINE_string("out", "results/bench/eval_speed_cpu.json", "JSON output path.")
@@ -47,6 +50,8 @@ _STEPS = flags.DEFINE_integer("steps", 0, "Training steps (0: the protocol's, 20
 _SEEDS = flags.DEFINE_integer("num_seeds", 3, "Networks per evaluation.")
 _IPC = flags.DEFINE_integer("ipc", 10, "Real images per class in the evaluated set.")
 _PROTOCOL = flags.DEFINE_string("protocol", "cpu", "Evaluation protocol name.")
+_NETWORK = flags.DEFINE_enum("network", "convnet", list(nets.ARCHS),
+                             "Evaluation architecture (the protocol's network, Tab. 4).")
 _VARIANTS = flags.DEFINE_list("variants", ["loop", "unrolled", "vmap"],
                               "evaluate_synthetic seeds= modes; the first is the baseline.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed (the set and the evaluation key).")
@@ -71,7 +76,7 @@ def main(argv):
     ds = load_dataset(DATASET)
     x_syn, y_syn = _fixed_set(ds, _IPC.value, _SEED.value)
     protocol = dataclasses.replace(evaluation.get_protocol(_PROTOCOL.value, DATASET),
-                                   num_seeds=_SEEDS.value)
+                                   num_seeds=_SEEDS.value, network=_NETWORK.value)
     if _STEPS.value:
         protocol = dataclasses.replace(protocol, steps=_STEPS.value)
     steps = protocol.steps_for(x_syn.shape[0])
