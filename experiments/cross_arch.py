@@ -16,9 +16,9 @@ tolerance): a check that the sets and the protocol are the ones the benchmark me
 The sets were made with ConvNet random features (KRR, FRePo's pool): every other
 architecture is unseen, as in the paper's Tab. 4.
 
-Cost on a CPU: AlexNet, VGG11 and ResNet18 are far heavier than the width-32 ConvNet (about
-55x, 12x and 80x its training step at 10 images), so each of their cells is minutes to tens of
-minutes per set on the 2-core CPU; ``seeds="auto"`` trains them with the per-step loop there
+Cost on a CPU: AlexNet, VGG11 and ResNet18 are one to two orders of magnitude heavier per
+training step than the width-32 ConvNet, so each of their cells takes minutes to tens of
+minutes per set on the 2-core CPU (``seconds`` in each cell); ``seeds="auto"`` trains them with the per-step loop there
 (:func:`mgdd_jax.evaluation.resolve_seeds` says why).
 
 Writes into ``--out``, each file atomically and rewritten after every (set, architecture)
