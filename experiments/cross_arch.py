@@ -18,8 +18,8 @@ architecture is unseen, as in the paper's Tab. 4.
 
 Cost on a CPU: AlexNet, VGG11 and ResNet18 are one to two orders of magnitude heavier per
 training step than the width-32 ConvNet, so each of their cells takes minutes to tens of
-minutes per set on the 2-core CPU (``seconds`` in each cell); ``seeds="auto"`` trains them with the per-step loop there
-(:func:`mgdd_jax.evaluation.resolve_seeds` says why).
+minutes per set on the 2-core CPU (``seconds`` in each cell); ``seeds="auto"`` trains them
+with the per-step loop there (:func:`mgdd_jax.evaluation.resolve_seeds` says why).
 
 Writes into ``--out``, each file atomically and rewritten after every (set, architecture)
 cell, so a long run shows its cells as they come and resumes: ``cross_arch.json`` (``cells``:
