@@ -166,9 +166,12 @@ def init_adapt_state(params: Any, config: AdaptConfig) -> dict[str, Any]:
     return init(params)
 
 
-def _make_update(gen_config: GeneratorConfig, config: AdaptConfig, num_classes: int):
+def _make_update(gen_config: GeneratorConfig, config: AdaptConfig, num_classes: int,
+                 balanced: bool = False):
     """Alg. 2 lines 9-12 on given images:
-    ``update(state, θ*-key, x_s, y_s, l_s, x_t, l_t, ipc)``."""
+    ``update(state, θ*-key, x_s, y_s, l_s, x_t, l_t, ipc)``. ``balanced``: the callers' sets
+    are class-balanced, so the objective may take them in its fastest layout
+    (:func:`mgdd_jax.objective.arrange_for`)."""
     optimizer = make_optimizer(config)
     loss_fn = functools.partial(objective.generator_loss, gen_config=gen_config,
                                 feature=config.feature, reg=config.reg,
@@ -177,6 +180,8 @@ def _make_update(gen_config: GeneratorConfig, config: AdaptConfig, num_classes: 
     def update(state, theta_key, x_s, y_s, l_s, x_t, l_t, ipc):
         syn = objective.LabelledBatch(x_s, y_s, l_s)
         real = objective.LabelledBatch(x_t, krr.centred_onehot(l_t, num_classes), l_t)
+        if balanced:
+            syn, real = objective.arrange_for(config.objective, syn, real, num_classes)
         loss, grads = jax.value_and_grad(loss_fn)(state["params"], syn, real, ipc, theta_key)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         new_state = {
@@ -204,7 +209,9 @@ def make_adapt_step(
     ``batch`` holds ``x_t`` (n_t images), ``l_t`` (their int labels), ``x_s`` (initial
     synthetic images), ``l_s`` (their int labels) and ``ipc`` (float scalar);
     ``onehot`` (static) picks centred one-hot synthetic labels instead of Eq. 3. The step
-    compiles once per (n_s, onehot) pair; the state is donated.
+    compiles once per (n_s, onehot) pair; the state is donated. The batch may be of any class
+    make-up: it reaches the objective flat (the device loop, whose batches are class-balanced,
+    may group it for the objective, :func:`mgdd_jax.objective.arrange_for`).
     """
     update = _make_update(gen_config, config, num_classes)
 
@@ -233,7 +240,7 @@ def make_adapt_chunk(
     step (multi-initialisation). The state is donated; the metrics of the chunk's last step
     are returned (fetched by the caller only when it logs).
     """
-    update = _make_update(gen_config, config, num_classes)
+    update = _make_update(gen_config, config, num_classes, balanced=True)  # sampled so below
     feature = config.feature
 
     @functools.partial(jax.jit, donate_argnums=(0,),

@@ -317,6 +317,7 @@ def krr_loss(
     reg: float = DEFAULT_REG,
     *,
     support_mask: chex.Array | None = None,
+    target_mask: chex.Array | None = None,
 ) -> jax.Array:
     """The MGDD / FRePo objective, Eq. 1.
 
@@ -332,6 +333,8 @@ def krr_loss(
       reg: relative ridge.
       support_mask: optional ``(n_s,)`` mask of a padded support set (see
         :func:`krr_predict`); the loss equals the unpadded set's.
+      target_mask: optional ``(n_t,)`` mask of padded real rows: the mean runs over the
+        unmasked ones, so the loss equals the unpadded batch's.
 
     Returns:
       Scalar loss.
@@ -343,4 +346,9 @@ def krr_loss(
     if y_t.shape[1] != y_s.shape[-1]:
         raise ValueError(f"y_s has {y_s.shape[-1]} classes but y_t has {y_t.shape[1]}")
     pred = krr_predict(feat_s, y_s, feat_t, reg, support_mask=support_mask)
-    return 0.5 * jnp.mean(jnp.sum((pred - y_t) ** 2, axis=-1))
+    per_row = jnp.sum((pred - y_t) ** 2, axis=-1)
+    if target_mask is None:
+        return 0.5 * jnp.mean(per_row)
+    chex.assert_shape(target_mask, (feat_t.shape[0],))
+    w = target_mask.astype(per_row.dtype)
+    return 0.5 * jnp.sum(w * per_row) / jnp.maximum(jnp.sum(w), 1.0)

@@ -238,12 +238,14 @@ def test_adapt_loop_has_no_host_transfers(tiny_dataset, ipcs):
     assert [h["step"] for h in res.history] == [2, 4]
 
 
-def test_scan_loop_equals_step_by_step(tiny_dataset):
-    """The device-resident loop takes the same steps as the one-batch step fed on the host."""
+@pytest.mark.parametrize("name,n_t", [("krr", 12), ("dc", 13)])
+def test_scan_loop_equals_step_by_step(tiny_dataset, name, n_t):
+    """The device-resident loop takes the same steps as the one-batch step fed on the host
+    (with DC, the loop groups its class-balanced sides by class; the step keeps them flat)."""
     ds = tiny_dataset
     lm = labels.fit_label_model(jax.random.key(0), ds.x_train, ds.y_train, 3, FEAT)
     params = gen.init_generator(jax.random.key(1), ds.image_shape, GEN)
-    cfg = acfg(steps=4, batch_size=12, learning_rate=1e-2, log_every=1)
+    cfg = acfg(steps=4, batch_size=n_t, learning_rate=1e-2, log_every=1, objective=name)
     key = jax.random.key(5)
     res = adapt.adapt(key, params, ds, lm, GEN, cfg, progress=False)
     # The same steps by hand: keys, sampling and gathers on the host, one jitted step each.
@@ -255,7 +257,7 @@ def test_scan_loop_equals_step_by_step(tiny_dataset):
     losses = []
     for i in range(4):
         k_batch, _, k_theta = jax.random.split(jax.random.fold_in(loop_key, i), 3)
-        t = np.asarray(data.balanced_batch_indices(k_batch, index, 12))
+        t = np.asarray(data.balanced_batch_indices(k_batch, index, n_t))
         batch = {"x_t": ds.x_train[t], "l_t": ds.y_train[t], "x_s": x_s, "l_s": l_s,
                  "ipc": np.float32(2)}
         state, metrics = step(state, k_theta, lm, batch, onehot=False)

@@ -153,6 +153,21 @@ def test_padded_support_with_mask_equals_unpadded(rng):
     assert abs(float(unmasked) - float(got)) > 1e-3  # the mask is what makes them equal
 
 
+def test_padded_target_with_mask_equals_unpadded(rng):
+    fs, ft = relu_features(rng, 6, 20), relu_features(rng, 30, 20)
+    ys = rng.normal(size=(6, 3)).astype(np.float32)
+    yt = np_centred_onehot(rng.integers(0, 3, 30), 3).astype(np.float32)
+    pad_ft = np.concatenate([ft[:12], relu_features(rng, 5, 20) * 7.0, ft[12:]])  # junk rows
+    pad_yt = np.concatenate([yt[:12], np.ones((5, 3), np.float32), yt[12:]])
+    mask = np.array([1] * 12 + [0] * 5 + [1] * 18, np.float32)
+    got = jax.jit(krr.krr_loss)(fs, ys, pad_ft, pad_yt, 1e-2, target_mask=mask)
+    np.testing.assert_allclose(got, np_loss(fs, ys, ft, yt, 1e-2), rtol=2e-3)
+    unmasked = krr.krr_loss(fs, ys, pad_ft, pad_yt, 1e-2)
+    assert abs(float(unmasked) - float(got)) > 1e-3  # the mask is what makes them equal
+    with pytest.raises(AssertionError, match="shape"):  # chex's check of the mask
+        krr.krr_loss(fs, ys, pad_ft, pad_yt, 1e-2, target_mask=mask[:-1])
+
+
 def test_krr_loss_zero_when_support_is_target(rng):
     """Sanity of the reference itself: a tiny ridge on support == target fits exactly."""
     f = relu_features(rng, 6, 30)

@@ -132,8 +132,84 @@ def test_dc_matches_per_class_loop_reference():
     np.testing.assert_allclose(padded, got, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["dm", "dc"])
-def test_generator_loss_gradient_against_finite_differences(name):
+def _np_group(labels, mask, k, m):
+    """NumPy reference of group_by_class's layout: block c = class c's rows in order, padded."""
+    rows, keep = np.zeros((k, m), np.int64), np.zeros((k, m))
+    for c in range(k):
+        idx = np.flatnonzero(labels == c)
+        rows[c, :len(idx)] = idx
+        keep[c, :len(idx)] = 1.0 if mask is None else mask[idx]
+    return rows, keep
+
+
+def test_group_by_class_layout_against_numpy():
+    syn, _ = _toy(seed=1, n_s=7)  # classes 0,1,1,2,0,2,2: counts 2, 2, 3
+    mask = jnp.array([1, 1, 0, 1, 1, 1, 1], jnp.float32)
+    g = objective.group_by_class(syn._replace(mask=mask), K)
+    assert objective.is_grouped(g) and g.labels is None
+    assert g.x.shape == (K, 3, 8, 8, 1) and g.y.shape == (K, 3, K) and g.mask.shape == (K, 3)
+    rows, keep = _np_group(np.asarray(syn.labels), np.asarray(mask), K, 3)
+    np.testing.assert_array_equal(np.asarray(g.mask), keep)
+    real_rows = keep > 0
+    np.testing.assert_array_equal(np.asarray(g.x)[real_rows], np.asarray(syn.x)[rows][real_rows])
+    np.testing.assert_array_equal(np.asarray(g.y)[real_rows], np.asarray(syn.y)[rows][real_rows])
+    # Back to flat: the same rows (reordered, padding masked) with class ids from the blocks.
+    flat = objective.flatten_groups(g)
+    np.testing.assert_array_equal(np.asarray(flat.labels), np.repeat(np.arange(K), 3))
+    assert objective.flatten_groups(syn) is syn
+    # A wider block is only more padding; a narrower one cannot hold class 2: NaN, not wrong.
+    wide = objective.group_by_class(syn, K, per_class=5)
+    assert float(wide.mask.sum()) == 7 and wide.x.shape[1] == 5
+    narrow = objective.group_by_class(syn, K, per_class=2)
+    assert np.isnan(np.asarray(narrow.x[2])).all() and np.isfinite(np.asarray(narrow.x[:2])).all()
+    assert np.isnan(float(objective.dc_objective(narrow, objective.group_by_class(_toy()[1], K),
+                                                 jax.random.PRNGKey(0), feature=FEAT, reg=1.0)))
+
+
+def test_group_by_class_refuses_bad_input():
+    syn, _ = _toy()
+    with pytest.raises(ValueError, match="needs the batch's class ids"):
+        objective.group_by_class(syn._replace(labels=None), K)
+    with pytest.raises(ValueError, match="already class-grouped"):
+        objective.group_by_class(objective.group_by_class(syn, K), K)
+    with pytest.raises(ValueError, match="per_class must be >= 1"):
+        objective.group_by_class(syn, K, per_class=0)
+
+
+@pytest.mark.parametrize("name", ["krr", "dm", "dc"])
+def test_every_objective_is_the_same_on_grouped_sides(name):
+    """Flat or grouped (either side, unbalanced, masked rows): one value and one gradient."""
+    syn, real = _toy(seed=3, n_s=7, n_t=11)
+    syn = syn._replace(mask=jnp.array([1, 1, 1, 1, 0, 1, 1], jnp.float32))
+    key, fn = jax.random.PRNGKey(4), objective.get_objective(name)
+
+    def value_and_grad(arrange):
+        def loss(x):
+            s, r = arrange(syn._replace(x=x), real)
+            return fn(s, r, key, feature=FEAT, reg=1e-2)
+        return jax.value_and_grad(loss)(syn.x)
+
+    want, want_g = value_and_grad(lambda s, r: (s, r))
+    assert float(jnp.abs(want_g).max()) > 0
+    for arrange in (lambda s, r: (objective.group_by_class(s, K), objective.group_by_class(r, K)),
+                    lambda s, r: (s, objective.group_by_class(r, K, per_class=6)),
+                    lambda s, r: (objective.group_by_class(s, K, per_class=4), r)):
+        got, got_g = value_and_grad(arrange)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(got_g), np.asarray(want_g), rtol=1e-4,
+                                   atol=1e-5 * float(jnp.abs(want_g).max()))
+
+
+def test_arrange_for_groups_only_dc():
+    syn, real = _toy()
+    assert objective.arrange_for("krr", syn, real, K) == (syn, real)
+    assert objective.arrange_for("dm", syn, real, K) == (syn, real)
+    s, r = objective.arrange_for("dc", syn, real, K)
+    assert s.x.shape == (K, 2, 8, 8, 1) and r.x.shape == (K, 3, 8, 8, 1)
+
+
+@pytest.mark.parametrize("name,grouped", [("dm", False), ("dc", False), ("dc", True)])
+def test_generator_loss_gradient_against_finite_differences(name, grouped):
     syn, real = _toy(seed=4)
     params = gen.init_generator(jax.random.PRNGKey(0), (8, 8, 1), GEN)
     # Move off the identity so that every layer has a gradient.
@@ -148,6 +224,8 @@ def test_generator_loss_gradient_against_finite_differences(name):
                                      if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
                                      else a, t)
         p64, s64, r64 = f64(params), f64(syn), f64(real)
+        if grouped:  # the layout the adaptation loop gives DC (through g_ω' flat)
+            s64, r64 = objective.arrange_for(name, s64, r64, K)
         leaves, tree = jax.tree.flatten(p64)
         ks = jax.random.split(jax.random.PRNGKey(11), len(leaves))
         d = jax.tree.unflatten(tree, [jax.random.normal(k, x.shape, jnp.float64)

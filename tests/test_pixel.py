@@ -37,22 +37,27 @@ def test_pixel_starts_at_the_random_real_set_and_moves(digits, name):
     assert all(b.seconds > a.seconds for a, b in zip(snaps, snaps[1:]))
 
 
-def test_one_pixel_step_is_sgd_on_the_objective(digits):
-    """Step 1 by hand: the same real batch and θ* keys, SGD (momentum: first step plain)."""
-    c = smoke_config("dm", learning_rate=0.3)
+@pytest.mark.parametrize("name,batch", [("dm", 20), ("dc", 23)])
+def test_one_pixel_step_is_sgd_on_the_objective(digits, name, batch):
+    """Step 1 by hand: the same real batch and θ* keys, SGD (momentum: first step plain), the
+    objective on flat sides. DC's loop groups its sides by class (23 real rows: 2 or 3 per
+    class); the step must be the same."""
+    c = smoke_config(name, learning_rate=0.3)
+    c.adapt.batch_size = batch
     key = jax.random.key(5)
     s0, s1 = baselines.run_method("pixel", key, digits, 2, (0, 1), c)
     feature = nets.ConvNetConfig(**c.feature, num_classes=10)
     k_batch, k_theta = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 2), 0))
     index = data.ClassIndex.from_labels(digits.y_train, 10)
-    rows = data.balanced_batch_indices(k_batch, index, 20)
+    rows = data.balanced_batch_indices(k_batch, index, batch)
     l_t = jnp.asarray(digits.y_train)[rows]
     real = objective.LabelledBatch(jnp.asarray(digits.x_train)[rows],
                                    krr.centred_onehot(l_t, 10), l_t)
     l_s = jnp.asarray(np.argmax(s0.y, axis=1))
-    g = jax.grad(lambda x: objective.dm_objective(
+    g = jax.grad(lambda x: objective.get_objective(name)(
         objective.LabelledBatch(x, jnp.asarray(s0.y), l_s), real, k_theta, feature=feature,
         reg=c.adapt.reg))(jnp.asarray(s0.x))
+    assert float(jnp.abs(g).max()) > 1e-4
     np.testing.assert_allclose(s1.x, s0.x - 0.3 * np.asarray(g), rtol=1e-4, atol=1e-5)
 
 

@@ -29,7 +29,6 @@ interleaved round by round so that load from other processes hits them alike.
 from __future__ import annotations
 
 import functools
-import statistics
 import time
 from typing import Any
 
@@ -38,7 +37,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from experiments import cli
-from experiments.benchmarks.common import machine_info
+from experiments.benchmarks.common import machine_info, median_interleaved
 from experiments.configs import distill as distill_config
 from mgdd_jax import adapt, conv, krr, labels, nets, objective, outputs
 from mgdd_jax import generator as gen_lib
@@ -54,24 +53,12 @@ IMAGE = (28, 28, 1)
 NUM_CLASSES = 10
 
 
-def _median_interleaved(fns: dict[str, Any], repeats: int) -> dict[str, float]:
-    for f in fns.values():
-        jax.block_until_ready(f())
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(f())
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def peak_matmul(repeats: int) -> dict[str, Any]:
     mm = jax.jit(jnp.matmul)
     out = {}
     for n in (2048, 4096):
         a = jax.random.normal(jax.random.key(n), (n, n), jnp.float32)
-        t = _median_interleaved({"mm": lambda a=a: mm(a, a)}, repeats)["mm"]
+        t = median_interleaved({"mm": lambda a=a: mm(a, a)}, repeats)["mm"]
         out[str(n)] = {"seconds": t, "gflops_per_s": 2 * n**3 / t / 1e9}
     return {"by_size": out, "gflops_per_s": max(v["gflops_per_s"] for v in out.values())}
 
@@ -190,7 +177,7 @@ def measure(size: str, impls: list[str], peak: float) -> list[dict[str, Any]]:
         print(f"[{size}] built {impl}", flush=True)
     # Interleave all variants' callables, round by round.
     flat = {(impl, name): f for impl in impls for name, f in built[impl]["fns"].items()}
-    med = _median_interleaved({f"{i}/{n}": f for (i, n), f in flat.items()}, _REPEATS.value)
+    med = median_interleaved({f"{i}/{n}": f for (i, n), f in flat.items()}, _REPEATS.value)
     ref_loss, ref_grad = built[impls[0]]["out"]
     rows = []
     for impl in impls:

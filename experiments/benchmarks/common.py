@@ -29,6 +29,20 @@ def time_fn(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> dict[s
     }
 
 
+def median_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median wall seconds of each ``fns[k]()`` after one warm-up call each, the callables
+    interleaved round by round so that load from other processes hits them alike."""
+    for f in fns.values():
+        jax.block_until_ready(f())
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "jax": jax.__version__,

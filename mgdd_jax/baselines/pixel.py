@@ -81,9 +81,10 @@ def make_chunk(*, name: str, feature: nets.ConvNetConfig, reg: float, num_classe
                                            l_t)
             y_s = krr.centred_onehot(state["labels"], num_classes)
 
-            def loss_fn(x):
-                return fn(objective.LabelledBatch(x, y_s, state["labels"]), real, k_theta,
-                          feature=feature, reg=reg)
+            def loss_fn(x):  # both sides class-balanced: the objective's fastest layout
+                syn, real_ = objective.arrange_for(
+                    name, objective.LabelledBatch(x, y_s, state["labels"]), real, num_classes)
+                return fn(syn, real_, k_theta, feature=feature, reg=reg)
 
             loss, g = jax.value_and_grad(loss_fn)(state["x"])
             updates, opt_state = optimizer.update(g, state["opt_state"], state["x"])
