@@ -215,3 +215,27 @@ def test_bank_horizon_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert p.returncode == 2, p.stderr[-2000:]
     assert p.stderr.strip().splitlines()[-1].startswith("error: ") and "horizons" in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_dc_step_benchmark_measures_both_layouts_alike(tmp_path):
+    """benchmarks.dc_step on the smoke sizes: both targets, the layouts agree, times positive;
+    a bad --ipcs ends in one line and exit 2 before any compile."""
+    import subprocess
+    import sys
+
+    from experiments.benchmarks import dc_step
+
+    rows = dc_step.measure("smoke", 2, repeats=1)
+    assert [r["target"] for r in rows] == ["generator", "pixel"]
+    for r in rows:
+        assert r["n_s"] == 20 and r["n_t"] == 30
+        assert r["seconds_flat"] > 0 and r["seconds_grouped"] > 0 and r["gflops_flat"] > 0
+        assert r["loss_rel_diff"] < 1e-5 and r["grad_rel_diff"] < 1e-4
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "dc.json"
+    p = subprocess.run([sys.executable, "-m", "experiments.benchmarks.dc_step", "--ipcs=1,0",
+                        f"--out={out}"], check=False, cwd=repo, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith("error: ") and "ipcs" in p.stderr
+    assert not out.exists()
