@@ -157,14 +157,9 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
         api.FitConfig.from_config(config, ipcs, config.meta_checkpoint)  # checkpoint matches
     from mgdd_jax.data import sources
     sources.resolve_source(config.dataset)  # unknown names fail here, before loading
-    out = os.path.abspath(config.out or os.path.join("results", _slug(config.dataset)))
+    out = outputs.check_resumable_out(config.out or os.path.join("results",
+                                                                 _slug(config.dataset)))
     stem = output_stem(config.variant)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out={out} exists and is a file; choose a directory path.")
-    parent = out if os.path.isdir(out) else os.path.dirname(out)
-    while not os.path.isdir(parent):
-        parent = os.path.dirname(parent)
-    outputs.check_writable_dir(parent)
     if config.adapt.ds_factor != 1:
         raise ValueError("--config.adapt.ds_factor (the DS parameterisation) is a distill "
                          "option; the benchmark's methods store full-resolution sets")

@@ -206,13 +206,7 @@ def run(bench: str, methods: Sequence[str], ipcs: Sequence[int], archs: Sequence
                                         f"not run {m} at IPC {ipc}; run it with --methods={m} "
                                         f"--ipc={ipc} first")
             sets[(m, ipc)] = load_set(path)
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out={out} exists and is a file; choose a directory path.")
-    parent = out  # the nearest existing directory must be writable; out is made at the end
-    while not os.path.isdir(parent):
-        parent = os.path.dirname(parent)
-    outputs.check_writable_dir(parent)
+    out = outputs.check_resumable_out(out)
     fingerprint = _fingerprint(bench, config)
     cells = previous_cells(out, fingerprint, overwrite)
     protocols = {a: distill.eval_protocol(config, config.dataset, a) for a in archs}

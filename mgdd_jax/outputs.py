@@ -220,6 +220,30 @@ def save_before_after_png(
     save_figure(fig, path)
 
 
+def check_resumable_out(path: str, flag: str = "--out") -> str:
+    """Check, before any work, a directory that a resumable run fills file by file (and may
+    already hold its earlier results): refuse a file; the nearest existing directory on the
+    way to ``path`` must be writable (``path`` is made when the first file is written).
+
+    Returns:
+      The absolute path.
+
+    Raises:
+      ValueError: naming the path and what to do.
+    """
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag}={path} exists and is a file; choose a directory path.")
+    parent = path
+    while not os.path.isdir(parent):
+        if os.path.exists(parent):
+            raise ValueError(f"{flag}={path} cannot be made: {parent} is a file; choose "
+                             "another path.")
+        parent = os.path.dirname(parent)
+    check_writable_dir(parent)
+    return path
+
+
 def check_output_dir(path: str, *, overwrite: bool = False, flag: str = "--out") -> str:
     """Check, before any work, that a run's results can later be moved into ``path``.
 

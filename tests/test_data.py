@@ -603,6 +603,20 @@ def test_atomic_path_failure_leaves_nothing(tmp_path):
     assert list((tmp_path / "sub").iterdir()) == []
 
 
+def test_check_resumable_out(tmp_path):
+    """A resumable run's --out: a new nested path or an existing directory passes (nothing is
+    made); a file, or a path under a file, is refused with the path in the message."""
+    new = tmp_path / "a" / "b"
+    assert outputs.check_resumable_out(str(new)) == str(new) and not (tmp_path / "a").exists()
+    assert outputs.check_resumable_out(str(tmp_path)) == str(tmp_path)
+    f = tmp_path / "plain"
+    f.write_text("x")
+    with pytest.raises(ValueError, match=r"--out=.*plain exists and is a file"):
+        outputs.check_resumable_out(str(f))
+    with pytest.raises(ValueError, match=r"--bench=.*cannot be made: .*plain is a file"):
+        outputs.check_resumable_out(str(f / "sub" / "dir"), flag="--bench")
+
+
 def test_zca_unwritable_cache_warns(tmp_path):
     name = _save_npz(tmp_path / "z.npz", **_valid_npz_arrays(seed=8))
     blocker = tmp_path / "not_a_dir"
