@@ -37,10 +37,14 @@ from experiments.configs import distill as distill_config
 from mgdd_jax import adapt, krr, nets, objective, outputs
 from mgdd_jax import generator as gen_lib
 
-_OUT = flags.DEFINE_string("out", "results/bench/dc_step_cpu.json", "JSON output path.")
-_CONFIG = flags.DEFINE_string("config", "cpu", "Distill config size (cpu, paper, smoke).")
-_IPCS = flags.DEFINE_list("ipcs", ["1", "10"], "Images per class to measure.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per variant (median reported).")
+
+def define_flags() -> None:
+    """Defined by the launcher only (not at import: tests import this module with others)."""
+    flags.DEFINE_string("out", "results/bench/dc_step_cpu.json", "JSON output path.")
+    flags.DEFINE_string("config", "cpu", "Distill config size (cpu, paper, smoke).")
+    flags.DEFINE_list("ipcs", ["1", "10"], "Images per class to measure.")
+    flags.DEFINE_integer("repeats", 5, "Timed calls per variant (median reported).")
+
 
 IMAGE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -124,20 +128,24 @@ def measure(size: str, ipc: int, repeats: int) -> list[dict[str, Any]]:
 
 def main(argv):
     del argv
+    f = flags.FLAGS
     cli.quiet_library_logs()
     with cli.exit_on_bad_input():  # before any compile
-        ipcs = adapt.parse_ipcs(",".join(_IPCS.value), flag="ipcs")
-        outputs.check_writable_dir(os.path.dirname(os.path.abspath(_OUT.value)))
-        distill_config.get_config(_CONFIG.value)
-    rows = [r for ipc in ipcs for r in measure(_CONFIG.value, ipc, _REPEATS.value)]
-    outputs.write_json(_OUT.value, {
-        "machine": machine_info(), "repeats": _REPEATS.value, "results": rows,
+        ipcs = adapt.parse_ipcs(",".join(f.ipcs), flag="ipcs")
+        outputs.check_writable_dir(os.path.dirname(os.path.abspath(f.out)))
+        distill_config.get_config(f.config)
+        if f.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {f.repeats}")
+    rows = [r for ipc in ipcs for r in measure(f.config, ipc, f.repeats)]
+    outputs.write_json(f.out, {
+        "machine": machine_info(), "repeats": f.repeats, "results": rows,
         "note": ("seconds_*: median wall time of the jitted DC loss + gradient (w.r.t. the "
                  "generator or the pixels), flat and class-grouped sides, repeats interleaved; "
                  "gflops_flat: XLA's cost analysis (none for grouped: it counts the lax.map body once); *_rel_diff: max |flat - grouped| / max |flat| over all leaves."),
     })
-    print(f"wrote {_OUT.value}")
+    print(f"wrote {f.out}")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
