@@ -31,8 +31,9 @@ Either side may also come *class-grouped* (:func:`group_by_class`): ``x`` ``(K, 
 block ``c`` holding class ``c``'s rows (masked padding where a class has fewer than ``m``). Every
 objective gives the same value on both layouts; DC is what it is for: on the flat layout it
 back-propagates every class's mean loss through the whole batch (K backward passes of n rows),
-on the grouped one each class only through its own block (one pass of n rows in all), ~8x less
-time at Fashion-MNIST IPC 1 and 10 on the 2-core CPU (``experiments/benchmarks/dc_step.py``).
+on the grouped one each class only through its own block (one pass of n rows in all): 8.9x /
+6.8x less time at IPC 1 / 10 of 28×28 images on the 2-core CPU
+(``experiments/benchmarks/dc_step.py``).
 The adaptation and pixel loops group both sides for DC; their samplers are class-balanced.
 """
 
@@ -123,7 +124,7 @@ def group_by_class(batch: LabelledBatch, num_classes: int,
     rows = jnp.zeros((num_classes, m), jnp.int32).at[sorted_labels, slot].set(
         order.astype(jnp.int32), mode="drop")
     dtype = batch.x.dtype
-    keep = jnp.zeros((num_classes, m), dtype).at[sorted_labels, slot].set(1.0, mode="drop")
+    keep = (jnp.arange(m)[None, :] < counts[:, None]).astype(dtype)  # the filled slots
     if batch.mask is not None:
         keep = keep * batch.mask.astype(dtype)[rows]
     overflow = (counts > m)[:, None, None, None, None]

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from experiments import cli
-from experiments.benchmarks.common import machine_info, median_interleaved
+from experiments.benchmarks.common import cost_flops, machine_info, median_interleaved
 from experiments.configs import distill as distill_config
 from mgdd_jax import adapt, conv, krr, labels, nets, objective, outputs
 from mgdd_jax import generator as gen_lib
@@ -87,13 +87,6 @@ def _problem(size: str, n_s: int):
             "params": params, "theta": theta, "label_model": label_model, "batch": batch,
             "key": ks[6], "y_s": krr.centred_onehot(l_s, NUM_CLASSES),
             "y_t": krr.centred_onehot(l_t, NUM_CLASSES)}
-
-
-def _flops(fn: Any, args: tuple) -> float:
-    """XLA's cost-analysis FLOPs of the jitted ``fn(*args)``."""
-    cost = fn.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"])
 
 
 def _build(pb: dict, repeats_scan: int) -> dict[str, Any]:
@@ -148,7 +141,7 @@ def _build(pb: dict, repeats_scan: int) -> dict[str, Any]:
     }
     fns = {"loss_and_grad": lambda: loss_grad(*args), "full_adapt_step": full_step}
     fns.update({name: functools.partial(f, *a) for name, (f, a) in parts.items()})
-    part_gflops = {name: _flops(f, a) / 1e9 for name, (f, a) in parts.items()}
+    part_gflops = {name: cost_flops(f, *a) / 1e9 for name, (f, a) in parts.items()}
     if repeats_scan:
         vg = jax.value_and_grad(loss_fn)
 

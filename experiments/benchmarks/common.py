@@ -43,6 +43,13 @@ def median_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def cost_flops(fn: Any, *args: Any) -> float:
+    """XLA's cost-analysis FLOPs of the jitted ``fn(*args)`` (a loop body counts once)."""
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "jax": jax.__version__,

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli
-from experiments.benchmarks.common import machine_info, median_interleaved
+from experiments.benchmarks.common import cost_flops, machine_info, median_interleaved
 from experiments.configs import distill as distill_config
 from mgdd_jax import adapt, krr, nets, objective, outputs
 from mgdd_jax import generator as gen_lib
@@ -48,12 +48,6 @@ def define_flags() -> None:
 
 IMAGE = (28, 28, 1)
 NUM_CLASSES = 10
-
-
-def _flops(fn: Any, *args: Any) -> float:
-    cost = fn.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"])
 
 
 def _max_rel(a: Any, b: Any) -> float:
@@ -103,7 +97,7 @@ def measure(size: str, ipc: int, repeats: int) -> list[dict[str, Any]]:
             f = jax.jit(jax.value_and_grad(functools.partial(loss, grouped=layout == "grouped")))
             name = f"{target}/{layout}"
             if layout == "flat":  # XLA's cost analysis counts a loop body (lax.map) once
-                gflops[name] = _flops(f, arg) / 1e9
+                gflops[name] = cost_flops(f, arg) / 1e9
             outs[name] = jax.block_until_ready(f(arg))
             fns[name] = functools.partial(f, arg)
             print(f"[ipc {ipc}] compiled {name}", flush=True)
@@ -141,7 +135,9 @@ def main(argv):
         "machine": machine_info(), "repeats": f.repeats, "results": rows,
         "note": ("seconds_*: median wall time of the jitted DC loss + gradient (w.r.t. the "
                  "generator or the pixels), flat and class-grouped sides, repeats interleaved; "
-                 "gflops_flat: XLA's cost analysis (none for grouped: it counts the lax.map body once); *_rel_diff: max |flat - grouped| / max |flat| over all leaves."),
+                 "gflops_flat: XLA's cost analysis (none for grouped: it counts the "
+                 "lax.map body once); *_rel_diff: max |flat - grouped| / max |flat| over all "
+                 "leaves."),
     })
     print(f"wrote {f.out}")
 
