@@ -13,6 +13,10 @@ cpu / paper / smoke) and its shorthands.
 e.g. only up to 200 when the question is whether it reaches the fresh start's 1000-step
 accuracy sooner.
 
+``--scratch`` adds a third start, a *random* generator (the paper's "w/o Meta", Tab. 2 and
+Fig. 4; :func:`mgdd_jax.generator.random_generator`, the benchmark's ``scratch``),
+evaluated at ``--at``'s steps like the fresh one.
+
 ``--schedule`` says what a point at step N is. ``snapshots`` (default, as Fig. 4 plots it):
 each start makes one run, ``max`` of its steps long, and is evaluated on the way (a point
 before the end sits mid-cosine, at a high learning rate). ``complete``: every point is its own
@@ -39,19 +43,18 @@ from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import api, checkpoint, evaluation, krr, labels, outputs
 from mgdd_jax import generator as gen_lib
 
-
 SCHEDULES = ("snapshots", "complete")
 
 
 def curve(prep: distill.Prepared, at: list[int], meta_at: list[int] | None = None,
-          schedule: str = "snapshots") -> dict:
+          schedule: str = "snapshots", scratch: bool = False) -> dict:
     """Fig. 4's curves (module docstring): accuracy after N adaptation steps, per start."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     ds, fit = prep.dataset, prep.fit
     config = prep.config
     ipc = prep.ipcs[0]
-    steps_of = {"fresh": at, "meta": meta_at or at}
+    steps_of = {"fresh": at, "scratch": at, "meta": meta_at or at}
     adapt_cfg = dataclasses.replace(fit.adapt, steps=max(at), init_mode="single", ipcs=(ipc,))
     keys = api.job_keys(jax.random.key(config.seed))
     c = ds.num_classes
@@ -62,6 +65,9 @@ def curve(prep: distill.Prepared, at: list[int], meta_at: list[int] | None = Non
     if fit.meta_checkpoint:
         starts["meta"] = checkpoint.load_generator(fit.meta_checkpoint, fit.gen_config,
                                                    ds.image_shape, key=keys["generator"])[0]
+    if scratch:
+        starts["scratch"] = gen_lib.random_generator(keys["generator"], ds.image_shape,
+                                                     fit.gen_config)
     result = {"dataset": config.dataset, "ipc": ipc, "at": at, "meta_at": steps_of["meta"],
               "schedule": schedule,
               "meta_checkpoint": fit.meta_checkpoint, "eval_protocol": prep.protocol.to_dict(),
@@ -110,14 +116,15 @@ def curve(prep: distill.Prepared, at: list[int], meta_at: list[int] | None = Non
 def plot(result: dict, path: str) -> None:
     plt = outputs.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, style in (("meta", "o-"), ("fresh", "s--")):
+    for name, style in (("meta", "o-"), ("fresh", "s--"), ("scratch", "^:")):
         if name not in result["curves"]:
             continue
         pts = result["curves"][name]["points"]
         ax.errorbar([p["step"] for p in pts], [100 * p["mean"] for p in pts],
                     yerr=[100 * p["std"] for p in pts], fmt=style, capsize=3,
                     label={"meta": "from the meta generator",
-                           "fresh": "from a fresh generator (identity)"}[name])
+                           "fresh": "from a fresh generator (identity)",
+                           "scratch": "from a random generator (w/o meta)"}[name])
     rr = result["random_real"]
     ax.axhline(100 * rr["mean"], color="gray", lw=1, ls=":", label="random real images")
     outputs.finish_line_plot(
@@ -135,7 +142,7 @@ def main(argv):
         if not at or at[0] < 0 or meta_at[0] < 0:
             raise ValueError("--at and --meta_at must list non-negative steps")
     with cli.exit_on_failed_run(prep.out):
-        result = curve(prep, at, meta_at, flags.FLAGS.schedule)
+        result = curve(prep, at, meta_at, flags.FLAGS.schedule, flags.FLAGS.scratch)
     cli.write_result(prep.out, "curve", result, plot)
 
 
@@ -146,4 +153,6 @@ if __name__ == "__main__":
     flags.DEFINE_enum("schedule", "snapshots", list(SCHEDULES),
                       "snapshots: one run per start, evaluated on the way (Fig. 4); complete: "
                       "each point is its own run of that many steps (module docstring).")
+    flags.DEFINE_bool("scratch", False, "Also adapt from a random generator (the paper's "
+                      "'w/o Meta'), at --at's steps.")
     app.run(main)

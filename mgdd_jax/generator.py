@@ -34,6 +34,7 @@ import math
 from typing import Any
 
 import chex
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -216,6 +217,29 @@ def init_generator(
     x = jnp.zeros((1, *image_shape), jnp.float32)
     _check_inputs(x, config)
     return Generator(config).init(key, x, jnp.ones((1,), jnp.float32))["params"]
+
+
+_LECUN = jax.nn.initializers.lecun_normal()
+
+
+def random_generator(key: chex.PRNGKey, image_shape: tuple[int, int, int],
+                     config: GeneratorConfig) -> dict[str, Any]:
+    """Generator parameters with every conv kernel drawn LeCun-normal: a random generator.
+
+    The paper's "w/o Meta" start (Tab. 2, Fig. 4; the benchmark's ``scratch``) and
+    ``meta.init="random"``'s ω at step 0. Every convolution kernel, the zero-initialised
+    output conv and the channel adaptors included, is drawn as flax initialises a plain
+    ``nn.Conv``; biases and norm parameters keep :func:`init_generator`'s values. Not the
+    identity.
+    """
+    params = flax.core.unfreeze(init_generator(key, image_shape, config))
+    leaves, tree = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+    out = []
+    for (path, leaf), k in zip(leaves, keys):
+        name = getattr(path[-1], "key", None)
+        out.append(_LECUN(k, leaf.shape, leaf.dtype) if name == "kernel" else leaf)
+    return jax.tree_util.tree_unflatten(tree, out)
 
 
 def with_image_channels(

@@ -92,6 +92,7 @@ from mgdd_jax.rng import numpy_rng
 ORDERS: tuple[str, ...] = ("second", "first", "reptile")
 INNER_OPTS: tuple[str, ...] = ("sgd", "adam")
 SUPPORTS: tuple[str, ...] = ("in_batch", "disjoint")
+INITS: tuple[str, ...] = ("identity", "random")
 # Adam's eps inside the square root of the inner update: without it the derivative of
 # sqrt(v) at v = 0 (a parameter whose gradient is exactly 0, e.g. a bias before a norm) is
 # inf·0 = NaN in second-order MAML. optax's documented switch for differentiating through Adam.
@@ -103,7 +104,7 @@ LEGACY_FIELDS: dict[str, Any] = {"inner_opt": "sgd", "inner_b1": 0.9, "inner_b2"
                                  "support": "in_batch", "fixed_init": False}
 # Fields added later, with the value that reproduces what runs made before them did (every
 # stored MetaConfig lacking them is read with these).
-ADDED_FIELDS: dict[str, Any] = {"start_weight": 0.0}
+ADDED_FIELDS: dict[str, Any] = {"start_weight": 0.0, "init": "identity"}
 
 
 def with_added_fields(stored: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,6 +144,11 @@ class MetaConfig:
         step, same initial set and θ*) added to the meta objective: ``L(ω') + λ L(ω)``, so
         the meta generator is also scored where adaptation starts. 0: Alg. 1 as written.
         With ``order="reptile"`` only 0 (``ω - ω'`` is not the gradient of a loss to add to).
+      init: ω at meta step 0 (:data:`INITS`): ``"identity"``, the fresh generator
+        (:func:`mgdd_jax.generator.init_generator`: zero-initialised output conv, so every
+        other layer's gradient is small at the start), or ``"random"``, every conv kernel
+        drawn (:func:`mgdd_jax.generator.random_generator`, the paper's "w/o Meta" start).
+        The validation bank's reference stays the identity either way.
       support: where each initial set's images come from (:data:`SUPPORTS`):
         ``"in_batch"`` rows of the task's real batch 𝒯 (Alg. 1 as written: on average some
         targets are the supports themselves), ``"disjoint"`` images of the same classes
@@ -173,6 +179,7 @@ class MetaConfig:
     inner_b1: float
     inner_b2: float
     start_weight: float
+    init: str
     support: str
     fixed_init: bool
     reg: float
@@ -206,7 +213,7 @@ class MetaConfig:
         if self.scan_unroll < 1:
             raise ValueError(f"scan_unroll must be >= 1, got {self.scan_unroll}")
         for field, allowed in (("order", ORDERS), ("inner_opt", INNER_OPTS),
-                               ("support", SUPPORTS)):
+                               ("support", SUPPORTS), ("init", INITS)):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"meta.{field} must be one of {allowed}, got "
                                  f"{getattr(self, field)!r}")

@@ -60,7 +60,7 @@ from jax.sharding import Mesh
 
 from mgdd_jax import checkpoint, data, meta, meta_val, multihost, outputs
 from mgdd_jax.data import settings as data_settings
-from mgdd_jax.generator import GeneratorConfig, init_generator
+from mgdd_jax.generator import GeneratorConfig, init_generator, random_generator
 from mgdd_jax.progress import Progress, stage
 
 # The run config's top-level fields besides the ``generator``, ``feature`` and ``meta`` trees.
@@ -295,9 +295,20 @@ def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 
 def initial_params(prep: Prepared) -> Any:
-    """The run's ω at step 0 (the identity map; the bank's identity score is of these)."""
+    """The run's identity generator: the validation bank's reference (its ``val_identity``
+    is scored on these) and ω at step 0 unless ``meta.init="random"`` (:func:`start_params`)."""
     # One compiled function instead of a compile per layer op (same values as eager).
     return jax.jit(init_generator, static_argnums=(1, 2))(
+        _run_keys(prep.loop.seed)[0], prep.dataset.image_shape, prep.gen_config)
+
+
+def start_params(prep: Prepared) -> Any:
+    """The run's ω at meta step 0 (Alg. 1 l. 1): :func:`initial_params` for
+    ``meta.init="identity"``; for ``"random"`` every conv kernel drawn from the same key
+    (:func:`mgdd_jax.generator.random_generator`)."""
+    if prep.meta.init == "identity":
+        return initial_params(prep)
+    return jax.jit(random_generator, static_argnums=(1, 2))(
         _run_keys(prep.loop.seed)[0], prep.dataset.image_shape, prep.gen_config)
 
 
@@ -364,16 +375,18 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
         outputs.write_json(os.path.join(workdir, "config.json"), prep.config)
 
     _, k_steps = _run_keys(loop.seed)
-    params = initial_params(prep)
-    state = meta.init_meta_state(params, mcfg, mesh)
+    params = start_params(prep)
     val = prep.val
-    score = identity = None
+    score = identity = at_start = None
     val_seconds = 0.0
     if prep.bank is not None:  # the identity's bank score: once per run (deterministic)
         t_val = time.perf_counter()
         score = meta_val.make_scorer(prep.gen_config, mcfg, val, prep.bank_channels)
-        identity = meta_val.bank_score(score, params, prep.bank)
+        identity = meta_val.bank_score(score, initial_params(prep), prep.bank)
+        at_start = (identity if mcfg.init == "identity" else
+                    meta_val.bank_score(score, params, prep.bank))
         val_seconds += time.perf_counter() - t_val
+    state = meta.init_meta_state(params, mcfg, mesh)
     mngr = checkpoint.open_train_state_manager(
         prep.checkpoint_dir, save_interval_steps=loop.checkpoint_every,
         max_to_keep=loop.keep_checkpoints)
@@ -398,9 +411,9 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     if main:
         _truncate_metrics(metrics_path, start)
-        if identity is not None and start == 0:  # step 0 is the identity generator itself
+        if identity is not None and start == 0:  # step 0: ω before any meta step
             outputs.append_jsonl(metrics_path, {"step": 0, "time_s": 0.0,
-                                                **meta_val.scores(identity, identity)})
+                                                **meta_val.scores(at_start, identity)})
 
     end = mcfg.steps if stop_after is None else min(mcfg.steps, start + stop_after)
     bar = Progress("meta", mcfg.steps, enabled=loop.progress and main)

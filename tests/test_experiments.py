@@ -69,6 +69,21 @@ def test_adaptation_curve_complete_runs_end_at_each_point(tmp_path):
         adaptation_curve.curve(prep, [0, 2], schedule="nope")
 
 
+def test_adaptation_curve_scratch_start(tmp_path):
+    """--scratch: a third start from the benchmark's random generator, at --at's steps; its
+    step-0 set is that generator's output, not the initial images the fresh start returns."""
+    prep = distill.prepare(smoke(tmp_path, "2"))
+    result = adaptation_curve.curve(prep, [0, 2], scratch=True)
+    assert list(result["curves"]) == ["fresh", "scratch"]
+    assert [p["step"] for p in result["curves"]["scratch"]["points"]] == [0, 2]
+    assert result["curves"]["scratch"]["adapt_steps"] == [2]
+    fresh0, scratch0 = (result["curves"][n]["points"][0]["per_seed"]
+                        for n in ("fresh", "scratch"))
+    assert fresh0 != scratch0
+    adaptation_curve.plot(result, str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
 def test_cross_ipc(tmp_path):
     prep = distill.prepare(smoke(tmp_path, "2,3"))
     result = cross_ipc.run(prep, [1, 2, 4])

@@ -11,13 +11,14 @@ import sys
 import threading
 import time
 
+import chex
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import meta_glyphs, meta_sources
-from mgdd_jax import checkpoint, meta, meta_train, outputs
+from mgdd_jax import checkpoint, meta, meta_train, meta_val, outputs
 from mgdd_jax import generator as gen
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -343,6 +344,32 @@ def test_transfer_bank_from_another_dataset_through_channel_adaptors(tmp_path):
     score = meta_val.make_scorer(grey, prep.meta, prep.val)
     direct = meta_val.bank_score(score, gen.init_generator(k_init, (8, 8, 1), grey), prep.bank)
     np.testing.assert_allclose(rows[0]["val_identity"], direct, rtol=1e-5)
+
+
+def test_random_init_starts_from_the_random_generator(tmp_path):
+    """meta.init="random": ω at step 0 is generator.random_generator of the run's init key
+    (the bank's step-0 row scores it against the identity, which stays the reference), and
+    the run trains from there; "identity" keeps the fresh generator; a typo is refused."""
+    c = _smoke_config(1, val=True, init="random")
+    prep = meta_train.prepare(c, str(tmp_path / "w"))
+    k_init, _ = jax.random.split(jax.random.key(c.seed))
+    want = gen.random_generator(k_init, prep.dataset.image_shape, prep.gen_config)
+    chex.assert_trees_all_close(meta_train.start_params(prep), want)
+    identity = meta_train.initial_params(prep)
+    chex.assert_trees_all_close(identity, gen.init_generator(k_init, prep.dataset.image_shape,
+                                                             prep.gen_config))
+    meta_train.train(prep)
+    rows = {r["step"]: r for r in outputs.read_jsonl(str(tmp_path / "w" / "metrics.jsonl"))}
+    assert rows[0]["val_ratio"] != 1.0  # the random start, scored against the identity
+    score = meta_val.make_scorer(prep.gen_config, prep.meta, prep.val, prep.bank_channels)
+    np.testing.assert_allclose(rows[0]["val_identity"],
+                               meta_val.bank_score(score, identity, prep.bank), rtol=1e-5)
+    np.testing.assert_allclose(rows[0]["val_loss"],
+                               meta_val.bank_score(score, want, prep.bank), rtol=1e-5)
+    same = meta_train.prepare(_smoke_config(1), str(tmp_path / "w2"))
+    chex.assert_trees_all_close(meta_train.start_params(same), meta_train.initial_params(same))
+    with pytest.raises(ValueError, match="meta.init must be one of"):
+        meta_train.prepare(_smoke_config(1, init="randm"), str(tmp_path / "w3"))
 
 
 def test_bad_transfer_bank_is_refused_before_writing(tmp_path):

@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import meta_fmnist_split, meta_glyphs, meta_imagenet, meta_sources
+from experiments.configs import (
+    meta_fmnist_split,
+    meta_glyphs,
+    meta_imagenet,
+    meta_shipped,
+    meta_sources,
+)
 from mgdd_jax import data, krr, meta, meta_train, meta_val, nets
 from mgdd_jax import generator as gen
 from mgdd_jax.data import settings, sources
@@ -358,7 +364,7 @@ def test_bad_val_config():
 
 
 @pytest.mark.parametrize("module", [meta_glyphs, meta_fmnist_split, meta_imagenet,
-                                    meta_sources])
+                                    meta_sources, meta_shipped])
 def test_every_meta_config_variant_builds_its_dataclasses(module):
     """Each variant of each meta config file builds MetaConfig and ValConfig (no typo in a
     field or a value) and its switches differ where the docstrings say; unknown variants are
@@ -382,6 +388,12 @@ def test_every_meta_config_variant_builds_its_dataclasses(module):
         configs = [module.get_config(v) for v in module.VARIANTS]
         assert {c.val.source for c in configs} == {module.BANK_SOURCE}
         assert len({c.source for c in configs}) == len(configs)
+    if module is meta_shipped:  # the fractal source study's recipe from a random generator
+        cpu, gpu = built["cpu"], built["gpu"]
+        fractal = meta_train.meta_config(meta_sources.get_config("fractal"))
+        assert cpu == dataclasses.replace(fractal, init="random", steps=400)
+        assert gpu == dataclasses.replace(cpu, steps=5_000, tasks_per_step=64)
+        assert module.get_config("cpu").source == meta_sources.SOURCES["fractal"]
     if module is meta_imagenet:
         paper, bank = built["paper"], built["bank"]
         assert (paper.order, paper.inner_opt, paper.tasks_per_step, paper.steps) == (

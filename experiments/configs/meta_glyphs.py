@@ -16,7 +16,7 @@ is built from the ``meta`` and ``feature`` subtrees (``mgdd_jax.meta_train.meta_
 Every field is a flag, e.g. ``--config.meta.inner_steps=3 --config.meta.order=first``;
 ``meta`` holds every hyper-parameter of Tab. 7's meta stage (``steps`` T', ``inner_steps`` T,
 ``inner_lr`` α, ``outer_lr`` β, ``final_lr_fraction`` η, ``b1``/``b2``, class, real and
-synthetic ranges, ``order``, ``inner_opt``, ``start_weight``, ``support``, ``fixed_init``,
+synthetic ranges, ``order``, ``inner_opt``, ``start_weight``, ``init``, ``support``, ``fixed_init``,
 ``reg``; see
 ``mgdd_jax.meta.MetaConfig``), ``feature`` the networks θ, θ*, ``val`` the validation bank
 (``mgdd_jax.meta_val.ValConfig``) a run is judged by.
@@ -59,8 +59,8 @@ def base_config(source: str) -> ml_collections.ConfigDict:
         steps=200_000, inner_steps=5, inner_lr=1e-4, outer_lr=1e-5, final_lr_fraction=0.1,
         b1=0.9, b2=0.999, min_classes=10, max_classes=100, num_real=2000, min_synthetic=10,
         max_synthetic=1000, order="second", inner_opt="sgd", inner_b1=0.9, inner_b2=0.999,
-        start_weight=0.0, support="in_batch", fixed_init=False, reg=krr.DEFAULT_REG,
-        tasks_per_step=1, scan_unroll=1))
+        start_weight=0.0, init="identity", support="in_batch", fixed_init=False,
+        reg=krr.DEFAULT_REG, tasks_per_step=1, scan_unroll=1))
     # The validation bank (mgdd_jax.meta_val): fixed tasks, scored after `steps` adaptation
     # steps (Adam at adaptation's learning rate) from ω and from the identity generator.
     c.val = ml_collections.ConfigDict(dict(tasks=4, steps=20, every=100, learning_rate=1e-4,

@@ -29,30 +29,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.core import unfreeze
 
 from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import api, checkpoint, data, krr, labels
 from mgdd_jax import generator as gen_lib
 from mgdd_jax.baselines import Snapshot, check_snapshot_steps, register
 
-_LECUN = jax.nn.initializers.lecun_normal()
-
-
-def random_generator(key: chex.PRNGKey, image_shape: tuple[int, int, int],
-                     config: gen_lib.GeneratorConfig) -> dict[str, Any]:
-    """Generator parameters with every conv kernel drawn LeCun-normal ("scratch", Tab. 2).
-
-    Biases and norm parameters keep their initial values; the result is not the identity.
-    """
-    params = unfreeze(gen_lib.init_generator(key, image_shape, config))
-    leaves, tree = jax.tree_util.tree_flatten_with_path(params)
-    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-    out = []
-    for (path, leaf), k in zip(leaves, keys):
-        name = getattr(path[-1], "key", None)
-        out.append(_LECUN(k, leaf.shape, leaf.dtype) if name == "kernel" else leaf)
-    return jax.tree_util.tree_unflatten(tree, out)
+random_generator = gen_lib.random_generator  # the "scratch" start (module docstring)
 
 
 def _fit_config(config: Any, ds: data.Dataset, ipc: int, steps: int,
