@@ -294,22 +294,27 @@ def _run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     return k_init, k_steps
 
 
+# ``meta.init`` -> the generator initialiser of ω at meta step 0 (meta.INITS).
+_INITIALISERS = {"identity": init_generator, "random": random_generator}
+
+
+def _init_from_run_key(prep: Prepared, init: str) -> Any:
+    # One compiled function instead of a compile per layer op (same values as eager).
+    return jax.jit(_INITIALISERS[init], static_argnums=(1, 2))(
+        _run_keys(prep.loop.seed)[0], prep.dataset.image_shape, prep.gen_config)
+
+
 def initial_params(prep: Prepared) -> Any:
     """The run's identity generator: the validation bank's reference (its ``val_identity``
     is scored on these) and ω at step 0 unless ``meta.init="random"`` (:func:`start_params`)."""
-    # One compiled function instead of a compile per layer op (same values as eager).
-    return jax.jit(init_generator, static_argnums=(1, 2))(
-        _run_keys(prep.loop.seed)[0], prep.dataset.image_shape, prep.gen_config)
+    return _init_from_run_key(prep, "identity")
 
 
 def start_params(prep: Prepared) -> Any:
-    """The run's ω at meta step 0 (Alg. 1 l. 1): :func:`initial_params` for
-    ``meta.init="identity"``; for ``"random"`` every conv kernel drawn from the same key
+    """The run's ω at meta step 0 (Alg. 1 l. 1), as ``meta.init`` says: :func:`initial_params`
+    for ``"identity"``; for ``"random"`` every conv kernel drawn from the same key
     (:func:`mgdd_jax.generator.random_generator`)."""
-    if prep.meta.init == "identity":
-        return initial_params(prep)
-    return jax.jit(random_generator, static_argnums=(1, 2))(
-        _run_keys(prep.loop.seed)[0], prep.dataset.image_shape, prep.gen_config)
+    return _init_from_run_key(prep, prep.meta.init)
 
 
 def is_main_process() -> bool:
@@ -382,9 +387,9 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
     if prep.bank is not None:  # the identity's bank score: once per run (deterministic)
         t_val = time.perf_counter()
         score = meta_val.make_scorer(prep.gen_config, mcfg, val, prep.bank_channels)
-        identity = meta_val.bank_score(score, initial_params(prep), prep.bank)
-        at_start = (identity if mcfg.init == "identity" else
-                    meta_val.bank_score(score, params, prep.bank))
+        at_start = meta_val.bank_score(score, params, prep.bank)
+        identity = (at_start if mcfg.init == "identity" else
+                    meta_val.bank_score(score, initial_params(prep), prep.bank))
         val_seconds += time.perf_counter() - t_val
     state = meta.init_meta_state(params, mcfg, mesh)
     mngr = checkpoint.open_train_state_manager(

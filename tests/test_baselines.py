@@ -66,7 +66,7 @@ def test_random_generator_redraws_every_kernel_only(digits):
     c = smoke_config()
     gcfg = _gen_config(c, digits)
     fresh = gen_lib.init_generator(jax.random.key(0), digits.image_shape, gcfg)
-    rand = generators.random_generator(jax.random.key(0), digits.image_shape, gcfg)
+    rand = gen_lib.random_generator(jax.random.key(0), digits.image_shape, gcfg)
     flat_f = dict(jax.tree_util.tree_flatten_with_path(fresh)[0])
     flat_r = dict(jax.tree_util.tree_flatten_with_path(rand)[0])
     assert flat_f.keys() == flat_r.keys()
@@ -87,7 +87,7 @@ def test_random_generator_redraws_every_kernel_only(digits):
 def test_mgdd_adapts_from_the_given_checkpoint(digits, tmp_path):
     c = smoke_config()
     gcfg = _gen_config(c, digits)
-    params = generators.random_generator(jax.random.key(9), digits.image_shape, gcfg)
+    params = gen_lib.random_generator(jax.random.key(9), digits.image_shape, gcfg)
     ckpt = str(tmp_path / "meta")
     checkpoint.save_generator(ckpt, 1, params, gcfg, {"kind": "meta"})
     c.meta_checkpoint = ckpt

@@ -16,8 +16,8 @@ is built from the ``meta`` and ``feature`` subtrees (``mgdd_jax.meta_train.meta_
 Every field is a flag, e.g. ``--config.meta.inner_steps=3 --config.meta.order=first``;
 ``meta`` holds every hyper-parameter of Tab. 7's meta stage (``steps`` T', ``inner_steps`` T,
 ``inner_lr`` α, ``outer_lr`` β, ``final_lr_fraction`` η, ``b1``/``b2``, class, real and
-synthetic ranges, ``order``, ``inner_opt``, ``start_weight``, ``init``, ``support``, ``fixed_init``,
-``reg``; see
+synthetic ranges, ``order``, ``inner_opt``, ``start_weight``, ``init``, ``support``,
+``fixed_init``, ``reg``; see
 ``mgdd_jax.meta.MetaConfig``), ``feature`` the networks θ, θ*, ``val`` the validation bank
 (``mgdd_jax.meta_val.ValConfig``) a run is judged by.
 """

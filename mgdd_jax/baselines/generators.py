@@ -7,7 +7,7 @@
 * ``scratch``: Alg. 2 from a *random* initialisation, the paper's "w/o Meta" (Tab. 2,
   Fig. 4): every convolution kernel, the zero-initialised output conv and the channel adaptors
   included, drawn as flax initialises a plain ``nn.Conv`` (LeCun normal), so step 0 is not the
-  identity (:func:`random_generator`).
+  identity (:func:`mgdd_jax.generator.random_generator`).
 * ``mgdd``: Alg. 2 from the meta generator of ``config.meta_checkpoint`` (the shipped one by
   default).
 
@@ -34,9 +34,6 @@ from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import api, checkpoint, data, krr, labels
 from mgdd_jax import generator as gen_lib
 from mgdd_jax.baselines import Snapshot, check_snapshot_steps, register
-
-random_generator = gen_lib.random_generator  # the "scratch" start (module docstring)
-
 
 def _fit_config(config: Any, ds: data.Dataset, ipc: int, steps: int,
                 meta_checkpoint: str) -> api.FitConfig:
@@ -67,7 +64,8 @@ def _generator_method(start: str):
             params = checkpoint.load_generator(meta_ckpt, fit.gen_config, ds.image_shape,
                                                key=keys["generator"])[0]
         elif start == "scratch":
-            params = random_generator(keys["generator"], ds.image_shape, fit.gen_config)
+            params = gen_lib.random_generator(keys["generator"], ds.image_shape,
+                                              fit.gen_config)
         else:
             params = gen_lib.init_generator(keys["generator"], ds.image_shape, fit.gen_config)
         x_init, l_init = adapt_lib.single_init_set(keys["adapt"], ds, ipc)
