@@ -23,7 +23,10 @@ conv starts at zero ~1e-4 in total, which makes the meta-gradient blind to adapt
 not rewarded for copying its supports; ``fixed_init`` keeps one initial set through the inner
 loop and the meta-test, as single-initialisation adaptation does; ``tasks_per_step`` averages
 many tasks (the step logs ``grad_agreement``, the mean pairwise cosine of their
-meta-gradients, and ``inner_displacement``, ‖ω' - ω‖).
+meta-gradients, and ``inner_displacement``, ‖ω' - ω‖). ``inner_opt="meta_sgd"`` (Meta-SGD,
+Li et al. 2017) learns the inner update instead: ω' ← ω' - α ⊙ g with a per-parameter
+rate α, initialised to ``inner_lr`` and meta-learned with ω by the same outer Adam (α is
+the meta-learner's, kept in the state's ``opt_state``; the generator is ω alone).
 :mod:`mgdd_jax.meta_val` scores a run on a fixed validation bank.
 
 **Varying sizes without recompiling.** Every size is padded to ``max_synthetic`` rows with
@@ -75,7 +78,7 @@ import functools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -88,9 +91,8 @@ from mgdd_jax import krr, nets, objective, optim
 from mgdd_jax.generator import GeneratorConfig
 from mgdd_jax.rng import numpy_rng
 
-
 ORDERS: tuple[str, ...] = ("second", "first", "reptile")
-INNER_OPTS: tuple[str, ...] = ("sgd", "adam")
+INNER_OPTS: tuple[str, ...] = ("sgd", "adam", "meta_sgd")
 SUPPORTS: tuple[str, ...] = ("in_batch", "disjoint")
 INITS: tuple[str, ...] = ("identity", "random")
 # Adam's eps inside the square root of the inner update: without it the derivative of
@@ -136,9 +138,11 @@ class MetaConfig:
         gradient through the inner gradients (first-order MAML: the meta-test gradient at
         ω'); ``"reptile"`` uses ``ω - ω'`` (Reptile; the meta-test loss is only logged).
       inner_opt: the inner update (:data:`INNER_OPTS`): ``"sgd"`` (ω' ← ω' - α g, Alg. 1
-        l. 16) or ``"adam"`` (Adam at α from a fresh state, differentiated through: the
+        l. 16), ``"adam"`` (Adam at α from a fresh state, differentiated through: the
         update adaptation makes, Alg. 2 l. 12, so α = adaptation's learning rate moves ω' as
-        far per step as adaptation does).
+        far per step as adaptation does) or ``"meta_sgd"`` (Meta-SGD: ω' ← ω' - α ⊙ g with
+        a learned per-parameter α, ``inner_lr`` everywhere at meta step 0; order first or
+        second).
       inner_b1, inner_b2: the inner Adam's moments (``inner_opt="adam"``).
       start_weight: λ ≥ 0, the weight of the meta-test loss at ω itself (before any inner
         step, same initial set and θ*) added to the meta objective: ``L(ω') + λ L(ω)``, so
@@ -219,6 +223,10 @@ class MetaConfig:
                                  f"{getattr(self, field)!r}")
         if not self.start_weight >= 0:
             raise ValueError(f"meta.start_weight must be >= 0, got {self.start_weight}")
+        if self.inner_opt == "meta_sgd" and self.order == "reptile":
+            raise ValueError("meta.inner_opt 'meta_sgd' needs order 'first' or 'second': "
+                             "Reptile's ω - ω' gives its learned inner rates no gradient; set "
+                             "--config.meta.order=first or another --config.meta.inner_opt")
         if self.start_weight and self.order == "reptile":
             raise ValueError("meta.start_weight needs order 'first' or 'second': Reptile's "
                              "ω - ω' is not a loss gradient to add λ ∇L(ω) to; set "
@@ -380,12 +388,46 @@ def sample_meta_batch(
 
 
 # ------------------------------------------------------------------------------- the MAML loss
-def inner_optimizer(config: MetaConfig) -> optax.GradientTransformation:
-    """The inner update of Alg. 1 l. 16: SGD at α, or Adam at α (``config.inner_opt``).
+class MetaSGDState(NamedTuple):
+    """The Meta-SGD inner update's state: the learned rates α and Σ g of the steps so far
+    (first-order MAML's gradient for α is -∇L(ω') ⊙ Σ g)."""
 
-    Both are optax transforms, differentiable in their inputs, so second-order MAML
+    lr: Any
+    grad_sum: Any
+
+
+def meta_sgd(inner_lr: Any) -> optax.GradientTransformation:
+    """Meta-SGD's inner update (Li et al. 2017): ``-α ⊙ g`` with per-parameter rates
+    ``inner_lr`` (a tree like the parameters). Differentiable in ``inner_lr``."""
+
+    def init(params):
+        return MetaSGDState(lr=inner_lr, grad_sum=jax.tree.map(jnp.zeros_like, params))
+
+    def update(grads, state, params=None):
+        del params
+        updates = jax.tree.map(lambda a, g: -a * g, state.lr, grads)
+        return updates, MetaSGDState(state.lr, jax.tree.map(jnp.add, state.grad_sum, grads))
+
+    return optax.GradientTransformation(init, update)
+
+
+def initial_inner_lr(params: Any, config: MetaConfig) -> Any:
+    """Meta-SGD's α at meta step 0: ``config.inner_lr`` for every parameter."""
+    return jax.tree.map(lambda a: jnp.full_like(a, config.inner_lr), params)
+
+
+def inner_optimizer(config: MetaConfig, inner_lr: Any = None) -> optax.GradientTransformation:
+    """The inner update of Alg. 1 l. 16: SGD at α, Adam at α, or Meta-SGD with the learned
+    per-parameter rates ``inner_lr`` (``config.inner_opt``).
+
+    All are optax transforms, differentiable in their inputs, so second-order MAML
     differentiates through Adam's normalisation too (with :data:`INNER_ADAM_EPS_ROOT`).
     """
+    if (inner_lr is None) != (config.inner_opt != "meta_sgd"):
+        raise ValueError("inner_lr (the learned rates) is needed by inner_opt 'meta_sgd' "
+                         f"and only by it; inner_opt is {config.inner_opt!r}")
+    if config.inner_opt == "meta_sgd":
+        return meta_sgd(inner_lr)
     if config.inner_opt == "adam":
         return optax.adam(config.inner_lr, b1=config.inner_b1, b2=config.inner_b2,
                           eps_root=INNER_ADAM_EPS_ROOT)
@@ -400,6 +442,7 @@ def task_meta_loss(
     gen_config: GeneratorConfig,
     config: MetaConfig,
     unroll: int | bool | None = None,
+    inner_lr: Any = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Alg. 1 lines 10-17 for one task: ``(meta objective, aux)``.
 
@@ -414,12 +457,14 @@ def task_meta_loss(
     (:func:`mgdd_jax.objective.generator_krr_loss`, masked to the padded set's real rows) with
     Eq. 3 labels (:func:`mgdd_jax.objective.eq3_labels`); the initial sets come from the
     task's support pool (its real batch, or images outside it with ``support="disjoint"``).
-    The inner update is :func:`inner_optimizer`'s from a fresh state. Differentiable in
-    ``params`` through the whole inner loop; ``order="first"`` or ``"reptile"`` stop the
+    The inner update is :func:`inner_optimizer`'s from a fresh state (``inner_lr``: Meta-SGD's
+    learned rates, with ``inner_opt="meta_sgd"`` only). Differentiable in ``params`` (and
+    ``inner_lr``) through the whole inner loop; ``order="first"`` or ``"reptile"`` stop the
     gradient through the inner gradients.
     """
     loss_at, keys = _task_objective(task, key, gen_config=gen_config, config=config)
-    adapted, inner_losses = _inner_loop(params, loss_at, keys[:-1], config, unroll)
+    adapted, inner_losses, _ = _inner_loop(params, loss_at, keys[:-1], config, unroll,
+                                           inner_lr)
     meta_test = functools.partial(loss_at, i=config.inner_steps, k=keys[-1])
     test_loss = meta_test(adapted)
     objective_value = test_loss
@@ -463,12 +508,13 @@ def _task_objective(
 
 def _inner_loop(
     params: Any, loss_at: Callable[[Any, jax.Array, chex.PRNGKey], jax.Array],
-    keys: jax.Array, config: MetaConfig, unroll: int | bool | None,
-) -> tuple[Any, jax.Array]:
-    """Alg. 1 lines 11-17: ``(ω', the T inner losses)`` from a fresh :func:`inner_optimizer`
-    state; the inner gradients are stopped unless ``config.order == "second"``."""
+    keys: jax.Array, config: MetaConfig, unroll: int | bool | None, inner_lr: Any = None,
+) -> tuple[Any, jax.Array, Any]:
+    """Alg. 1 lines 11-17: ``(ω', the T inner losses, the inner optimiser's last state)`` from
+    a fresh :func:`inner_optimizer` state; the inner gradients are stopped unless
+    ``config.order == "second"``."""
     cfg = config
-    opt = inner_optimizer(cfg)
+    opt = inner_optimizer(cfg, inner_lr)
 
     def inner(carry, inputs):
         p, opt_state = carry
@@ -485,16 +531,17 @@ def _inner_loop(
         for i in range(cfg.inner_steps):
             carry, loss = inner(carry, (i, keys[i]))
             losses.append(loss)
-        return carry[0], jnp.stack(losses)
+        return carry[0], jnp.stack(losses), carry[1]
     carry, inner_losses = jax.lax.scan(
         inner, carry, (jnp.arange(cfg.inner_steps), keys),
         unroll=cfg.scan_unroll if unroll is None else unroll)
-    return carry[0], inner_losses
+    return carry[0], inner_losses, carry[1]
 
 
 def task_meta_gradient(
     params: Any, task: dict[str, jax.Array], key: chex.PRNGKey, *,
     gen_config: GeneratorConfig, config: MetaConfig, unroll: int | bool | None = None,
+    inner_lr: Any = None,
 ) -> tuple[jax.Array, jax.Array, Any, jax.Array]:
     """One task's ``(meta-test loss, inner losses, meta-gradient, ‖ω' - ω‖)`` (Alg. 1 l. 18).
 
@@ -502,28 +549,39 @@ def task_meta_gradient(
     loop; ``"first"``: first-order MAML) or Reptile's ``ω - ω'`` (``"reptile"``; the outer
     Adam then moves ω towards ω'). With ``config.start_weight`` = λ > 0 it includes
     λ ∇_ω L(ω) (the meta-test loss at the start). The returned loss is L(ω') in every case.
-    Arguments as :func:`task_meta_loss`.
+    With ``inner_opt="meta_sgd"`` (``inner_lr`` = the learned rates α) the meta-gradient is
+    the pair ``(∇_ω, ∇_α)``; first order takes ∇_α = -∇L(ω') ⊙ Σ_t g_t, the derivative of
+    L(ω - α ⊙ Σ g_t) with the inner gradients held fixed. Arguments as :func:`task_meta_loss`.
     """
+    learned_lr = config.inner_opt == "meta_sgd"
     if config.order == "second":
-        loss_fn = functools.partial(task_meta_loss, gen_config=gen_config, config=config,
-                                    unroll=unroll)
-        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, task, key)
+        def loss_fn(p, lr):
+            return task_meta_loss(p, task, key, gen_config=gen_config, config=config,
+                                  unroll=unroll, inner_lr=lr)
+
+        (_, aux), grads = jax.value_and_grad(loss_fn, argnums=(0, 1) if learned_lr else 0,
+                                             has_aux=True)(params, inner_lr)
         loss, adapted, inner_losses = aux["meta_test"], aux["adapted"], aux["inner"]
     else:
         # First order and Reptile need no derivative through the inner loop, so it runs
         # outside any differentiation: no linearisation of T inner steps to build, store or
         # compile (with T = 20 unrolled on the CPU, that graph took minutes to compile).
         loss_at, keys = _task_objective(task, key, gen_config=gen_config, config=config)
-        adapted, inner_losses = _inner_loop(params, loss_at, keys[:-1], config, unroll)
+        adapted, inner_losses, inner_state = _inner_loop(params, loss_at, keys[:-1], config,
+                                                         unroll, inner_lr)
         meta_test = functools.partial(loss_at, i=config.inner_steps, k=keys[-1])
         if config.order == "reptile":
             loss = meta_test(adapted)
             grads = jax.tree.map(jnp.subtract, params, adapted)
         else:  # FOMAML: ∇ at ω', applied to ω (dω'/dω taken as the identity)
             loss, grads = jax.value_and_grad(meta_test)(adapted)
+            lr_grads = (jax.tree.map(lambda g, s: -g * s, grads, inner_state.grad_sum)
+                        if learned_lr else None)
             if config.start_weight:  # + λ ∇L(ω): the start is scored too
                 grads = jax.tree.map(jnp.add, grads, jax.grad(_start_term)(
                     params, meta_test, config))
+            if learned_lr:
+                grads = (grads, lr_grads)
     moved = optax.tree.norm(jax.tree.map(jnp.subtract, adapted, params))
     return loss, inner_losses, grads, moved
 
@@ -532,11 +590,19 @@ def init_meta_state(params: Any, config: MetaConfig, mesh: Mesh) -> dict[str, An
     """``{"params", "opt_state", "step"}``, replicated over ``mesh``.
 
     The parameters are copied (the step donates its state), and the state is placed with the
-    step's output sharding from the start, so the second step does not recompile.
+    step's output sharding from the start, so the second step does not recompile. With
+    ``inner_opt="meta_sgd"`` the ``opt_state`` is ``{"outer", "inner_lr"}``: the outer Adam
+    over (ω, α) and Meta-SGD's learned rates α (:func:`initial_inner_lr`), so a checkpoint
+    holds them and the generator stays ω alone.
     """
     params = jax.tree.map(jnp.copy, params)
-    opt_state = optim.adam_cosine(config.outer_lr, config.steps, config.final_lr_fraction,
-                                  config.b1, config.b2).init(params)
+    outer = optim.adam_cosine(config.outer_lr, config.steps, config.final_lr_fraction,
+                              config.b1, config.b2)
+    if config.inner_opt == "meta_sgd":
+        inner_lr = initial_inner_lr(params, config)
+        opt_state = {"outer": outer.init((params, inner_lr)), "inner_lr": inner_lr}
+    else:
+        opt_state = outer.init(params)
     state = {"params": params, "opt_state": opt_state,
              "step": jnp.zeros((), jnp.int32)}
     return replicate(state, mesh)
@@ -609,15 +675,19 @@ def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh, 
     replicated = NamedSharding(mesh, PartitionSpec())
     by_task = NamedSharding(mesh, PartitionSpec("tasks"))
 
-    def local_grads(params, batch, keys):
+    learned_lr = config.inner_opt == "meta_sgd"
+
+    def local_grads(learned, batch, keys):
         # Runs on each device with its own tasks; the mean over devices is an explicit pmean.
         # The replicated params are marked device-varying first: otherwise shard_map's
         # implicit cast to varying would be transposed into a psum inside the gradient, so each
         # device's "local" gradient would already be summed over devices.
-        params = jax.tree.map(lambda a: jax.lax.pcast(a, "tasks", to="varying"), params)
+        learned = jax.tree.map(lambda a: jax.lax.pcast(a, "tasks", to="varying"), learned)
+        params, inner_lr = learned if learned_lr else (learned, None)
 
         def per_task(task, key_data):
-            return grad_fn(params, task, jax.random.wrap_key_data(key_data))
+            return grad_fn(params, task, jax.random.wrap_key_data(key_data),
+                           inner_lr=inner_lr)
 
         if loop == "scan":
             losses, inner, grads, moved = jax.vmap(per_task)(batch, keys)
@@ -628,8 +698,9 @@ def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh, 
         mean = lambda x: jax.lax.pmean(jnp.mean(x, axis=0), "tasks")  # noqa: E731
         metrics = {"meta_loss": mean(losses), "inner_loss_first": mean(inner[:, 0]),
                    "inner_loss_last": mean(inner[:, -1]), "inner_displacement": mean(moved)}
-        if config.tasks_per_step > 1:
-            metrics["grad_agreement"] = gradient_agreement(grads, config.tasks_per_step)
+        if config.tasks_per_step > 1:  # of the generator's meta-gradients (ω, not α)
+            metrics["grad_agreement"] = gradient_agreement(
+                grads[0] if learned_lr else grads, config.tasks_per_step)
         return jax.tree.map(mean, grads), metrics
 
     sharded_grads = jax.shard_map(
@@ -638,11 +709,25 @@ def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh, 
         out_specs=(PartitionSpec(), PartitionSpec()))
 
     def step(state, batch, keys):
-        grads, metrics = sharded_grads(state["params"], batch, keys)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        new_state = {"params": optax.apply_updates(state["params"], updates),
-                     "opt_state": opt_state, "step": state["step"] + 1}
-        return new_state, {**metrics, "grad_norm": optax.tree.norm(grads)}
+        if learned_lr:  # Meta-SGD: ω and its inner rates α take one outer Adam step together
+            learned = (state["params"], state["opt_state"]["inner_lr"])
+            outer_state = state["opt_state"]["outer"]
+        else:
+            learned, outer_state = state["params"], state["opt_state"]
+        grads, metrics = sharded_grads(learned, batch, keys)
+        updates, outer_state = optimizer.update(grads, outer_state, learned)
+        learned = optax.apply_updates(learned, updates)
+        if learned_lr:
+            params, opt_state = learned[0], {"outer": outer_state, "inner_lr": learned[1]}
+            rates = jax.tree.leaves(learned[1])
+            metrics["inner_lr_mean"] = (sum(jnp.sum(a) for a in rates)
+                                        / sum(a.size for a in rates))
+            metrics["grad_norm"] = optax.tree.norm(grads[0])
+        else:
+            params, opt_state = learned, outer_state
+            metrics["grad_norm"] = optax.tree.norm(grads)
+        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+        return new_state, metrics
 
     return jax.jit(step, in_shardings=(replicated, by_task, by_task),
                    out_shardings=(replicated, replicated), donate_argnums=(0,))

@@ -372,6 +372,33 @@ def test_random_init_starts_from_the_random_generator(tmp_path):
         meta_train.prepare(_smoke_config(1, init="randm"), str(tmp_path / "w3"))
 
 
+def test_meta_sgd_run_resumes_with_its_learned_rates(tmp_path):
+    """inner_opt="meta_sgd": the learned rates α live in the checkpoint's opt_state, so
+    1 step + resume for 1 more equals 2 steps straight (ω, α and the outer Adam's moments),
+    and the checkpoint is a generator checkpoint of ω alone; the rates are logged."""
+    kw = {"inner_opt": "meta_sgd", "inner_lr": 0.5, "order": "first"}
+    straight = meta_train.prepare(_smoke_config(2, **kw), str(tmp_path / "a"))
+    meta_train.train(straight)
+    split = meta_train.prepare(_smoke_config(2, **kw), str(tmp_path / "b"))
+    meta_train.train(split, stop_after=1)
+    meta_train.train(meta_train.prepare(_smoke_config(2, **kw), str(tmp_path / "b")))
+    states = []
+    for w in ("a", "b"):
+        directory = str(tmp_path / w / "checkpoints")
+        abstract = jax.eval_shape(lambda: meta.init_meta_state(
+            meta_train.initial_params(straight), straight.meta, meta.task_mesh()))
+        with checkpoint.open_train_state_manager(directory) as mngr:
+            states.append(checkpoint.restore_train_state(mngr, 2, abstract))
+    chex.assert_trees_all_close(states[0], states[1], rtol=1e-5, atol=1e-7)
+    rates = jax.tree.leaves(states[0]["opt_state"]["inner_lr"])
+    assert any(float(np.max(np.abs(np.asarray(a) - 0.5))) > 0 for a in rates)
+    step, params, _ = _final_params(str(tmp_path / "a"))
+    assert step == 2
+    chex.assert_trees_all_close(params, states[0]["params"])
+    rows = outputs.read_jsonl(str(tmp_path / "a" / "metrics.jsonl"))
+    assert any("inner_lr_mean" in r for r in rows)
+
+
 def test_bad_transfer_bank_is_refused_before_writing(tmp_path):
     c = _smoke_config(1, val=True)
     c.val.source = "no_such_bank"

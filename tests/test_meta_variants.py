@@ -1,8 +1,8 @@
 """Issue 10's meta-learning switches and instruments, on tiny sizes.
 
-* the inner-loop variants (``inner_opt``: SGD, Adam) against a Python-loop reference written
-  from the public building blocks with Adam by hand, and their gradients against finite
-  differences;
+* the inner-loop variants (``inner_opt``: SGD, Adam, Meta-SGD) against a Python-loop
+  reference written from the public building blocks with Adam by hand, and their gradients
+  against finite differences;
 * first-order MAML and Reptile meta-gradients against hand-computed ones;
 * disjoint supports never overlap the real batch; fixed initial sets;
 * the meta-gradient agreement metric against NumPy;
@@ -33,6 +33,7 @@ GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels
 BASE = dataclasses.replace(meta_train.meta_config(meta_glyphs.get_config("smoke")), steps=10)
 ADAM = dataclasses.replace(BASE, inner_opt="adam", inner_lr=0.02, support="disjoint",
                            fixed_init=True)
+META_SGD = dataclasses.replace(ADAM, inner_opt="meta_sgd", inner_lr=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +54,9 @@ def _params(ds, key, scale=0.05):
                                      for x, k in zip(leaves, ks)])
 
 
-def _reference(params, task, key, cfg, *, stop_inner=False):
-    """Alg. 1 l. 10-17 with a Python loop and Adam/SGD written out by hand:
-    ``(loss, ω', first inner gradient)``."""
+def _reference(params, task, key, cfg, *, stop_inner=False, lr=None):
+    """Alg. 1 l. 10-17 with a Python loop and Adam/SGD/Meta-SGD (rates ``lr``) written out
+    by hand: ``(loss, ω', first inner gradient)``."""
     x_t, y_t = task["x_t"], task["y_t"]
     pool = task["x_u"] if "x_u" in task else x_t
     k_theta, k_steps = jax.random.split(key)
@@ -83,6 +84,9 @@ def _reference(params, task, key, cfg, *, stop_inner=False):
             g = jax.lax.stop_gradient(g)
         if cfg.inner_opt == "sgd":
             p = jax.tree.map(lambda a, b: a - cfg.inner_lr * b, p, g)
+            continue
+        if cfg.inner_opt == "meta_sgd":
+            p = jax.tree.map(lambda a, r, b: a - r * b, p, lr, g)
             continue
         t = i + 1
         m = jax.tree.map(lambda a, b: cfg.inner_b1 * a + (1 - cfg.inner_b1) * b, m, g)
@@ -176,6 +180,143 @@ def test_adam_inner_loop_second_order_matches_finite_differences(digits):
         analytic = jax.jit(jax.grad(along))(0.0)
     np.testing.assert_allclose(analytic, fd, rtol=1e-4)
     assert abs(float(fd)) > 1e-6  # a real derivative, not two zeros
+
+
+def _rates(params, key, base=0.5):
+    """Meta-SGD rates unlike the initial constant: each parameter its own α in [0.5, 1.5]·base."""
+    leaves, tree = jax.tree.flatten(params)
+    ks = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(tree, [base * jax.random.uniform(k, x.shape, minval=0.5,
+                                                               maxval=1.5)
+                                     for x, k in zip(leaves, ks)])
+
+
+def test_meta_sgd_inner_loop_matches_python_reference(digits):
+    """Meta-SGD (ω' ← ω' - α ⊙ g, per-parameter α): the loss, ω' and the second-order
+    gradients in ω *and* α against the hand-written Python loop."""
+    cfg = META_SGD
+    task = _task(digits, jax.random.key(20), cfg)
+    params, key = _params(digits, jax.random.key(21)), jax.random.key(22)
+    rates = _rates(params, jax.random.key(23))
+
+    def ours(p, r):
+        loss, aux = meta.task_meta_loss(p, task, key, gen_config=GEN, config=cfg, inner_lr=r)
+        return loss, aux["adapted"]
+
+    def ref(p, r):
+        loss, adapted, _ = _reference(p, task, key, cfg, lr=r)
+        return loss, adapted
+
+    (l1, moved), g1 = jax.jit(jax.value_and_grad(ours, (0, 1), has_aux=True))(params, rates)
+    (l2, ref_moved), g2 = jax.jit(jax.value_and_grad(ref, (0, 1), has_aux=True))(params, rates)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    _close(moved, ref_moved, rtol=1e-4, atol=1e-6)
+    _close_scaled(g1[0], g2[0])
+    _close_scaled(g1[1], g2[1])
+    assert _norm(g1[1]) > 0  # the rates get a real gradient
+    # the step's gradient is this one (order "second")
+    loss, _, (g_w, g_r), _ = jax.jit(lambda p, r: meta.task_meta_gradient(
+        p, task, key, gen_config=GEN, config=cfg, inner_lr=r))(params, rates)
+    np.testing.assert_allclose(loss, l1, rtol=1e-6)
+    _close_scaled(g_w, g1[0])
+    _close_scaled(g_r, g1[1])
+
+
+def test_meta_sgd_rate_gradient_matches_finite_differences(digits):
+    """Directional derivative in the rates α through two Meta-SGD steps vs central
+    differences (float64)."""
+    cfg = META_SGD
+    task = _task(digits, jax.random.key(24), cfg)
+    params, key = _params(digits, jax.random.key(25)), jax.random.key(26)
+    with jax.enable_x64(True):
+        f64 = lambda t: jax.tree.map(  # noqa: E731
+            lambda a: jnp.asarray(a, jnp.float64)
+            if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, t)
+        p64, t64 = f64(params), f64(task)
+        r64 = f64(_rates(params, jax.random.key(27)))
+        leaves, tree = jax.tree.flatten(r64)
+        ks = jax.random.split(jax.random.key(28), len(leaves))
+        d = jax.tree.unflatten(tree, [jax.random.normal(k, x.shape, jnp.float64)
+                                      for x, k in zip(leaves, ks)])
+        norm = jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(d)))
+        d = jax.tree.map(lambda a: a / norm, d)
+
+        @jax.jit
+        def along(s):  # the loss at rates α + s·d
+            r = jax.tree.map(lambda a, b: a + s * b, r64, d)
+            return meta.task_meta_loss(p64, t64, key, gen_config=GEN, config=cfg,
+                                       inner_lr=r)[0]
+
+        eps = 1e-6
+        fd = (along(eps) - along(-eps)) / (2 * eps)
+        analytic = jax.jit(jax.grad(along))(0.0)
+    np.testing.assert_allclose(analytic, fd, rtol=1e-4)
+    assert abs(float(fd)) > 1e-6
+
+
+def test_first_order_meta_sgd_gradients_are_the_hand_computed_ones(digits):
+    """First order: ∇_ω = ∇L(ω') (+ λ ∇L(ω)), ∇_α = -∇L(ω') ⊙ Σ_t g_t, i.e. the hand-written
+    loop's gradient in (ω, α) with the inner gradients stopped; and written out from the
+    loop's own inner gradients."""
+    cfg = dataclasses.replace(META_SGD, order="first", start_weight=0.5)
+    task = _task(digits, jax.random.key(29), cfg)
+    params, key = _params(digits, jax.random.key(30)), jax.random.key(31)
+    rates = _rates(params, jax.random.key(32))
+    loss, _, (g_w, g_r), moved = jax.jit(lambda p, r: meta.task_meta_gradient(
+        p, task, key, gen_config=GEN, config=cfg, inner_lr=r))(params, rates)
+    hand = jax.jit(jax.grad(lambda p, r: _reference(p, task, key, cfg, stop_inner=True,
+                                                    lr=r)[0], (0, 1)))(params, rates)
+    _close_scaled(g_w, hand[0])
+    _close_scaled(g_r, hand[1])
+    # -∇L(ω') ⊙ Σ g: Σ g = (ω - ω') / α for this update
+    _, adapted, _ = jax.jit(lambda p, r: _reference(p, task, key, cfg, lr=r))(params, rates)
+    loss_at, keys = meta._task_objective(task, key, gen_config=GEN, config=cfg)
+    g_test = jax.jit(jax.grad(lambda p: loss_at(p, cfg.inner_steps, keys[-1])))(adapted)
+    written = jax.tree.map(lambda g, w, w1, r: -g * (w - w1) / r, g_test, params, adapted,
+                           rates)
+    _close_scaled(g_r, written)
+    plain = _reference(params, task, key, dataclasses.replace(cfg, start_weight=0.0),
+                       lr=rates)[0]
+    np.testing.assert_allclose(loss, plain, rtol=1e-5)  # the logged loss is L(ω')
+    assert float(moved) > 0
+
+
+def test_meta_sgd_step_learns_the_rates(digits, compile_events):
+    """One meta step moves ω and α together (outer Adam: every rate with a gradient moves by
+    about β), keeps them in the state (``opt_state``: ``outer``, ``inner_lr``), and logs
+    the mean rate; a second step does not recompile."""
+    cfg = dataclasses.replace(META_SGD, order="first", tasks_per_step=2, outer_lr=1e-3)
+    mesh = meta.task_mesh()
+    step = meta.make_meta_step(GEN, cfg, mesh)
+    params = _params(digits, jax.random.key(33))
+    state = meta.init_meta_state(params, cfg, mesh)
+    assert sorted(state["opt_state"]) == ["inner_lr", "outer"]
+    for a in jax.tree.leaves(state["opt_state"]["inner_lr"]):
+        np.testing.assert_array_equal(a, cfg.inner_lr)
+    counts = []
+    for i in range(2):
+        batch, keys = meta.step_inputs(jax.random.key(2), i, digits.x_train, digits.y_train,
+                                       10, cfg)
+        state, m = step(state, meta.shard_batch(batch, mesh), keys)
+        counts.append(len(compile_events))
+    assert counts[1] == counts[0], f"recompiled after step 1: {counts}"
+    moved = [np.abs(np.asarray(a) - cfg.inner_lr)
+             for a in jax.tree.leaves(state["opt_state"]["inner_lr"])]
+    biggest = max(float(x.max()) for x in moved)
+    assert 0.5 * cfg.outer_lr < biggest <= 2.5 * cfg.outer_lr
+    np.testing.assert_allclose(float(m["inner_lr_mean"]), np.mean(np.concatenate(
+        [np.ravel(a) for a in jax.tree.leaves(state["opt_state"]["inner_lr"])])), rtol=1e-5)
+    assert _norm(jax.tree.map(jnp.subtract, state["params"], params)) > 0
+    assert -1.0 <= float(m["grad_agreement"]) <= 1.0
+
+
+def test_meta_sgd_needs_its_rates_and_a_loss_gradient():
+    with pytest.raises(ValueError, match="meta_sgd' needs order 'first' or 'second'"):
+        dataclasses.replace(META_SGD, order="reptile")
+    with pytest.raises(ValueError, match="inner_lr .the learned rates. is needed"):
+        meta.inner_optimizer(META_SGD)
+    with pytest.raises(ValueError, match="only by it"):
+        meta.inner_optimizer(ADAM, inner_lr={"w": jnp.ones(2)})
 
 
 def test_first_order_and_reptile_gradients_are_the_hand_computed_ones(digits):
@@ -382,7 +523,8 @@ def test_every_meta_config_variant_builds_its_dataclasses(module):
                       "reptile": ("reptile", "adam", "disjoint", True),
                       "maml": ("second", "adam", "disjoint", True),
                       "alg1": ("second", "sgd", "in_batch", False),
-                      "alg1_first": ("first", "sgd", "in_batch", False)}
+                      "alg1_first": ("first", "sgd", "in_batch", False),
+                      "meta_sgd": ("first", "meta_sgd", "disjoint", True)}
     if module is meta_sources:  # one recipe, one transfer bank; only the source differs
         assert len(set(built.values())) == 1
         configs = [module.get_config(v) for v in module.VARIANTS]
