@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli
-from mgdd_jax import outputs
+from mgdd_jax import meta, outputs
 
 MEAN_LAST = 4  # scores after step 0 averaged in the table's last column
 
@@ -90,18 +90,20 @@ def summarise(name: str, path: str) -> dict:
 def markdown(result: dict) -> str:
     runs = result["runs"]
     common = sorted(set.intersection(*[{v["step"] for v in r["val"]} for r in runs]))
-    head = ("| variant | source | order | inner steps | support | init | tasks/step | outer lr | "
+    head = ("| variant | source | order | inner steps | support | initial set | ω at step 0 (λ) | "
+            "tasks/step | outer lr | "
             "s/step | "
             "grad agreement | ‖ω'−ω‖ | " + " | ".join(f"ratio @ {s}" for s in common)
             + f" | last ratio (step) | mean of last {MEAN_LAST} |")
-    lines = [head, "|" + "---|" * (13 + len(common))]
+    lines = [head, "|" + "---|" * (14 + len(common))]
     for r in runs:
-        m = r["meta"]
+        m = meta.with_added_fields(r["meta"])  # older runs: the values they ran with
         by = {v["step"]: v for v in r["val"]}
         lines.append(
             f"| {r['name']} | {r['source']} | {m['order']} | {m['inner_steps']} × "
             f"{m['inner_opt']} α={m['inner_lr']:g} | "
             f"{m['support']} | {'fixed' if m['fixed_init'] else 'varied'} | "
+            f"{m['init']} ({m['start_weight']:g}) | "
             f"{m['tasks_per_step']} | {m['outer_lr']:g} | "
             f"{r['seconds_per_meta_step']:.1f} | {r['mean_grad_agreement']:.3f} | "
             f"{r['mean_inner_displacement']:.3g} | "

@@ -169,7 +169,7 @@ def test_meta_variants_table_times_and_refusals(tmp_path):
     assert "ratio @ 0 | ratio @ 2 | last ratio (step)" in table  # step 6: only run a
     assert fo["mean_last_ratio"] == pytest.approx((0.9 + 0.8) / 2)  # < 4 scores, not step 0
     assert "| 0.8000 (6) | 0.8500 |" in table
-    assert "| fo | digits | first | 5 × adam α=0.0001 |" in table
+    assert "| fo | digits | first | 5 × adam α=0.0001 | disjoint | fixed | identity (0) |" in table
     assert "| rep | digits | reptile | 20 × adam α=0.0001 |" in table  # T, the inner steps
     assert "0.8000 (6)" in table and "0.9500 (2)" in table
     meta_variants.plot(result, str(tmp_path / "c.png"))
