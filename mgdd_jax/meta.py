@@ -423,7 +423,7 @@ def inner_optimizer(config: MetaConfig, inner_lr: Any = None) -> optax.GradientT
     All are optax transforms, differentiable in their inputs, so second-order MAML
     differentiates through Adam's normalisation too (with :data:`INNER_ADAM_EPS_ROOT`).
     """
-    if (inner_lr is None) != (config.inner_opt != "meta_sgd"):
+    if (inner_lr is not None) != (config.inner_opt == "meta_sgd"):
         raise ValueError("inner_lr (the learned rates) is needed by inner_opt 'meta_sgd' "
                          f"and only by it; inner_opt is {config.inner_opt!r}")
     if config.inner_opt == "meta_sgd":
@@ -586,6 +586,12 @@ def task_meta_gradient(
     return loss, inner_losses, grads, moved
 
 
+def outer_optimizer(config: MetaConfig) -> optax.GradientTransformation:
+    """The meta update of Alg. 1 l. 19: Adam, β with cosine decay to ``η·β`` over ``steps``."""
+    return optim.adam_cosine(config.outer_lr, config.steps, config.final_lr_fraction,
+                             config.b1, config.b2)
+
+
 def init_meta_state(params: Any, config: MetaConfig, mesh: Mesh) -> dict[str, Any]:
     """``{"params", "opt_state", "step"}``, replicated over ``mesh``.
 
@@ -596,8 +602,7 @@ def init_meta_state(params: Any, config: MetaConfig, mesh: Mesh) -> dict[str, An
     holds them and the generator stays ω alone.
     """
     params = jax.tree.map(jnp.copy, params)
-    outer = optim.adam_cosine(config.outer_lr, config.steps, config.final_lr_fraction,
-                              config.b1, config.b2)
+    outer = outer_optimizer(config)
     if config.inner_opt == "meta_sgd":
         inner_lr = initial_inner_lr(params, config)
         opt_state = {"outer": outer.init((params, inner_lr)), "inner_lr": inner_lr}
@@ -661,15 +666,13 @@ def make_meta_step(gen_config: GeneratorConfig, config: MetaConfig, mesh: Mesh, 
     ``keys`` are ``(tasks_per_step, 2)`` uint32 key data, one per task (host arrays with one
     process; placed with :func:`shard_batch` too when the mesh spans processes). The state is
     replicated and donated; tasks are split over the mesh's ``"tasks"`` axis. The meta update
-    (Alg. 1 l. 19) is Adam, β with cosine decay to ``η·β`` over ``steps``
-    (:func:`mgdd_jax.optim.adam_cosine`). ``loop``: how the inner steps and a device's
+    (Alg. 1 l. 19) is :func:`outer_optimizer`'s. ``loop``: how the inner steps and a device's
     tasks are looped (:data:`LOOPS`, see the module docstring); the same update either way.
     """
     check_mesh(config, mesh)
     loop = resolve_loop(loop, mesh)
     local_tasks = config.tasks_per_step // mesh.size
-    optimizer = optim.adam_cosine(config.outer_lr, config.steps, config.final_lr_fraction,
-                                  config.b1, config.b2)
+    optimizer = outer_optimizer(config)
     grad_fn = functools.partial(task_meta_gradient, gen_config=gen_config, config=config,
                                 unroll=True if loop == "unrolled" else None)
     replicated = NamedSharding(mesh, PartitionSpec())

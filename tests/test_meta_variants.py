@@ -153,33 +153,43 @@ def test_adam_inner_loop_matches_python_reference(digits):
     _close_where_moved(moved, ref_moved, g0)
 
 
+def _f64(tree):
+    """The floating leaves of ``tree`` as float64 (call under ``jax.enable_x64``)."""
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
+                        if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree)
+
+
+def _assert_directional_derivative(loss_of, x64, key):
+    """d/ds loss_of(x + s·d) at s = 0, autodiff vs central differences, along a random unit
+    direction d of the float64 tree ``x64`` (call under ``jax.enable_x64``)."""
+    leaves, tree = jax.tree.flatten(x64)
+    ks = jax.random.split(key, len(leaves))
+    d = jax.tree.unflatten(tree, [jax.random.normal(k, x.shape, jnp.float64)
+                                  for x, k in zip(leaves, ks)])
+    norm = jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(d)))
+    d = jax.tree.map(lambda a: a / norm, d)
+
+    @jax.jit
+    def along(s):  # the loss at x + s·d
+        return loss_of(jax.tree.map(lambda a, b: a + s * b, x64, d))
+
+    eps = 1e-6
+    fd = (along(eps) - along(-eps)) / (2 * eps)
+    analytic = jax.jit(jax.grad(along))(0.0)
+    np.testing.assert_allclose(analytic, fd, rtol=1e-4)
+    assert abs(float(fd)) > 1e-6  # a real derivative, not two zeros
+
+
 def test_adam_inner_loop_second_order_matches_finite_differences(digits):
     """Directional derivative through two Adam inner steps vs central differences (float64)."""
     cfg = dataclasses.replace(ADAM, inner_lr=0.05)
     task = _task(digits, jax.random.key(8), cfg)
     params, key = _params(digits, jax.random.key(9)), jax.random.key(10)
     with jax.enable_x64(True):
-        f64 = lambda t: jax.tree.map(  # noqa: E731
-            lambda a: jnp.asarray(a, jnp.float64)
-            if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, t)
-        p64, t64 = f64(params), f64(task)
-        leaves, tree = jax.tree.flatten(p64)
-        ks = jax.random.split(jax.random.key(11), len(leaves))
-        d = jax.tree.unflatten(tree, [jax.random.normal(k, x.shape, jnp.float64)
-                                      for x, k in zip(leaves, ks)])
-        norm = jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(d)))
-        d = jax.tree.map(lambda a: a / norm, d)
-
-        @jax.jit
-        def along(s):  # the loss at p + s·d
-            p = jax.tree.map(lambda a, b: a + s * b, p64, d)
-            return meta.task_meta_loss(p, t64, key, gen_config=GEN, config=cfg)[0]
-
-        eps = 1e-6
-        fd = (along(eps) - along(-eps)) / (2 * eps)
-        analytic = jax.jit(jax.grad(along))(0.0)
-    np.testing.assert_allclose(analytic, fd, rtol=1e-4)
-    assert abs(float(fd)) > 1e-6  # a real derivative, not two zeros
+        t64 = _f64(task)
+        _assert_directional_derivative(
+            lambda p: meta.task_meta_loss(p, t64, key, gen_config=GEN, config=cfg)[0],
+            _f64(params), jax.random.key(11))
 
 
 def _rates(params, key, base=0.5):
@@ -229,29 +239,11 @@ def test_meta_sgd_rate_gradient_matches_finite_differences(digits):
     task = _task(digits, jax.random.key(24), cfg)
     params, key = _params(digits, jax.random.key(25)), jax.random.key(26)
     with jax.enable_x64(True):
-        f64 = lambda t: jax.tree.map(  # noqa: E731
-            lambda a: jnp.asarray(a, jnp.float64)
-            if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, t)
-        p64, t64 = f64(params), f64(task)
-        r64 = f64(_rates(params, jax.random.key(27)))
-        leaves, tree = jax.tree.flatten(r64)
-        ks = jax.random.split(jax.random.key(28), len(leaves))
-        d = jax.tree.unflatten(tree, [jax.random.normal(k, x.shape, jnp.float64)
-                                      for x, k in zip(leaves, ks)])
-        norm = jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(d)))
-        d = jax.tree.map(lambda a: a / norm, d)
-
-        @jax.jit
-        def along(s):  # the loss at rates α + s·d
-            r = jax.tree.map(lambda a, b: a + s * b, r64, d)
-            return meta.task_meta_loss(p64, t64, key, gen_config=GEN, config=cfg,
-                                       inner_lr=r)[0]
-
-        eps = 1e-6
-        fd = (along(eps) - along(-eps)) / (2 * eps)
-        analytic = jax.jit(jax.grad(along))(0.0)
-    np.testing.assert_allclose(analytic, fd, rtol=1e-4)
-    assert abs(float(fd)) > 1e-6
+        p64, t64 = _f64(params), _f64(task)
+        _assert_directional_derivative(
+            lambda r: meta.task_meta_loss(p64, t64, key, gen_config=GEN, config=cfg,
+                                          inner_lr=r)[0],
+            _f64(_rates(params, jax.random.key(27))), jax.random.key(28))
 
 
 def test_first_order_meta_sgd_gradients_are_the_hand_computed_ones(digits):
