@@ -382,11 +382,11 @@ def test_meta_sgd_run_resumes_with_its_learned_rates(tmp_path):
     split = meta_train.prepare(_smoke_config(2, **kw), str(tmp_path / "b"))
     meta_train.train(split, stop_after=1)
     meta_train.train(meta_train.prepare(_smoke_config(2, **kw), str(tmp_path / "b")))
+    abstract = jax.eval_shape(lambda: meta.init_meta_state(
+        meta_train.initial_params(straight), straight.meta, meta.task_mesh()))
     states = []
     for w in ("a", "b"):
         directory = str(tmp_path / w / "checkpoints")
-        abstract = jax.eval_shape(lambda: meta.init_meta_state(
-            meta_train.initial_params(straight), straight.meta, meta.task_mesh()))
         with checkpoint.open_train_state_manager(directory) as mngr:
             states.append(checkpoint.restore_train_state(mngr, 2, abstract))
     chex.assert_trees_all_close(states[0], states[1], rtol=1e-5, atol=1e-7)
