@@ -1,8 +1,8 @@
 r"""The baselines benchmark (issue 9): methods × IPC, accuracy against steps and wall time.
 
-    python -m experiments.benchmark --config=experiments/configs/benchmark.py:cpu
-    python -m experiments.benchmark --config=experiments/configs/benchmark.py:paper   # a GPU
-    python -m experiments.benchmark --config=experiments/configs/benchmark.py:smoke \
+    python -m experiments.benchmark --config=mgdd_jax/configs/benchmark.py:cpu
+    python -m experiments.benchmark --config=mgdd_jax/configs/benchmark.py:paper   # a GPU
+    python -m experiments.benchmark --config=mgdd_jax/configs/benchmark.py:smoke \
         --dataset=digits --out=/tmp/bench_smoke                                     # seconds
 
 For each IPC and each method of ``mgdd_jax.baselines`` (``random``, ``frepo``, ``scratch``,
@@ -50,9 +50,10 @@ from ml_collections import config_flags
 from experiments import cli, distill
 from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import api, baselines, checkpoint, data, evaluation, outputs
+from mgdd_jax.configs import benchmark as benchmark_config
 from mgdd_jax.progress import stage
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "benchmark.py")
+_DEFAULT_CONFIG = benchmark_config.__file__
 SHORTHANDS = (("dataset", "dataset"), ("out", "out"), ("ipc", "ipc"), ("methods", "methods"),
               ("seed", "seed"), ("overwrite", "overwrite"))
 LONG_STEP = 2000

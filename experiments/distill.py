@@ -21,7 +21,7 @@ evaluate each synthetic set by training fresh networks on it. Writes to ``--out`
 Every bad input is reported before any work. Results appear all at once or not at all: the
 run is written into a temporary sibling of ``--out`` and renamed into place at the end; a
 failed or interrupted run leaves ``--out`` as it was. An ``--out`` that already holds results
-is refused unless ``--overwrite``. See ``experiments/configs/distill.py`` for the config knobs
+is refused unless ``--overwrite``. See ``mgdd_jax/configs/distill.py`` for the config knobs
 (``size=cpu|paper|smoke``, ``eval=cpu|frepo|smoke``) and presets (``cpu``, ``paper``,
 ``smoke``). The work itself is :func:`mgdd_jax.api.fit_dataset`.
 
@@ -52,10 +52,11 @@ from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import api, checkpoint, data, evaluation, krr, labels, nets, outputs
 from mgdd_jax import objective as objective_lib
 from mgdd_jax import parameterisation
+from mgdd_jax.configs import distill as distill_config
 from mgdd_jax.data import sources
 from mgdd_jax.progress import stage
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "distill.py")
+_DEFAULT_CONFIG = distill_config.__file__
 
 # Shorthand flag -> config path.
 SHORTHANDS = (("dataset", "dataset"), ("ipc", "ipc"), ("meta_checkpoint", "meta_checkpoint"),

@@ -40,7 +40,7 @@ INIT_MODES: tuple[str, ...] = ("single", "multi")
 class AdaptConfig:
     """Hyper-parameters of Alg. 2 (Tab. 7, adaptation stage).
 
-    No defaults here: the config files (``experiments/configs/distill.py``, ``adapt``
+    No defaults here: the config files (``mgdd_jax/configs/distill.py``, ``adapt``
     subtree) are the single source, ``AdaptConfig(**config.adapt, feature=...)`` after
     :func:`resolve_ipcs` (see :func:`from_config`).
 

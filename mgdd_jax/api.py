@@ -11,7 +11,7 @@
 :func:`fit` takes NumPy or JAX arrays, ``(N, H, W, C)`` or ``(N, H, W)`` grey, uint8 (0..255)
 or float in [0, 1], and refuses anything else with the same messages as the dataset loaders
 (it goes through the same validation, :func:`mgdd_jax.data.load.dataset_from_raw`). Its
-defaults are ``experiments/configs/distill.py``'s ``cpu`` variant (the one source of every
+defaults are ``mgdd_jax/configs/distill.py``'s ``cpu`` variant (the one source of every
 default); pass ``config=default_config("paper")`` (or a modified copy) for other sizes.
 
 Nothing touches the disk unless asked (:meth:`Distiller.save`). The launcher
@@ -39,6 +39,7 @@ from mgdd_jax import generator as gen_lib
 from mgdd_jax.data import load as load_lib
 from mgdd_jax.data import validation
 from mgdd_jax.data.dataset import RawData
+from mgdd_jax.job import FitConfig, job_keys
 from mgdd_jax.progress import stage
 
 DISTILLER_FORMAT = "mgdd_jax.distiller/1"
@@ -50,63 +51,13 @@ SAVED_POOL_PER_CLASS = 50
 
 
 def default_config(variant: str = "cpu") -> ml_collections.ConfigDict:
-    """The distill config (``experiments/configs/distill.py``), e.g. ``"paper"`` or
+    """The distill config (``mgdd_jax/configs/distill.py``), e.g. ``"paper"`` or
     ``"size=paper,eval=cpu"``; unlocked, so fields can be changed before :func:`fit`."""
     from experiments.configs import (
         distill as distill_config,  # config files import mgdd_jax
     )
 
     return distill_config.get_config(variant)
-
-
-def job_keys(key: chex.PRNGKey) -> dict[str, jax.Array]:
-    """The independent keys of one distillation job, split the same way everywhere."""
-    names = ("labels", "generator", "adapt", "init", "eval")
-    return dict(zip(names, jax.random.split(key, len(names))))
-
-
-@dataclasses.dataclass(frozen=True)
-class FitConfig:
-    """What :func:`fit_dataset` needs, built from a distill config (no defaults of its own).
-
-    Attributes:
-      gen_config: the generator architecture (``image_channels`` from the data).
-      adapt: Alg. 2's hyper-parameters (``feature.num_classes`` from the data).
-      label_reg: ridge of the Eq. 3 label solve.
-      label_chunk_size: rows per feature chunk of the label solve.
-      meta_checkpoint: the generator to adapt from; "" for a fresh one.
-    """
-
-    gen_config: gen_lib.GeneratorConfig
-    adapt: adapt_lib.AdaptConfig
-    label_reg: float
-    label_chunk_size: int
-    meta_checkpoint: str
-
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, ipcs: tuple[int, ...],
-                    meta_checkpoint: str) -> FitConfig:
-        """Validate the config (no data needed): architectures, Alg. 2 settings, checkpoint."""
-        feature = nets.ConvNetConfig(**config.feature.to_dict())
-        adapt_cfg = adapt_lib.AdaptConfig.from_config(config.adapt.to_dict(), feature, ipcs)
-        gen_config = gen_lib.GeneratorConfig(**config.generator.to_dict())
-        if meta_checkpoint:
-            # Reads only the JSON side of the checkpoint; arrays are loaded later.
-            _, stored = checkpoint.read_meta(meta_checkpoint)
-            checkpoint.check_compatible(
-                gen_lib.GeneratorConfig.from_dict(stored["generator"]), gen_config,
-                meta_checkpoint)
-        return cls(gen_config, adapt_cfg, float(config.labels.reg),
-                   int(config.labels.chunk_size), meta_checkpoint)
-
-    def bind(self, dataset: data.Dataset) -> FitConfig:
-        """Fill in the data-dependent fields and refuse what ``dataset`` cannot supply."""
-        adapt_lib.check_adapt_inputs(dataset, self.adapt)
-        feature = dataclasses.replace(self.adapt.feature, num_classes=dataset.num_classes)
-        return dataclasses.replace(
-            self, gen_config=dataclasses.replace(self.gen_config,
-                                                 image_channels=dataset.channels),
-            adapt=dataclasses.replace(self.adapt, feature=feature))
 
 
 @dataclasses.dataclass(eq=False)

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from mgdd_jax import api, baselines, checkpoint, data, evaluation
+from mgdd_jax import job as job_lib
 
 MODES: tuple[str, ...] = ("meta", "previous", "first", "frepo")
 
@@ -86,7 +87,7 @@ class StreamResult:
 
 
 def run_stream(key: chex.PRNGKey, ds: data.Dataset, tasks: tuple[tuple[int, ...], ...],
-               ipc: int, mode: str, fit: api.FitConfig, config: Any,
+               ipc: int, mode: str, fit: job_lib.FitConfig, config: Any,
                protocol: evaluation.EvalProtocol, workdir: str,
                say: Callable[[str], None] = lambda m: None) -> StreamResult:
     """Fig. 5 for one mode: distil each task into ``ipc`` per class, grow the buffer, train a
@@ -98,7 +99,7 @@ def run_stream(key: chex.PRNGKey, ds: data.Dataset, tasks: tuple[tuple[int, ...]
       tasks: class groups in arrival order (:func:`split_tasks`).
       ipc: buffer images per class.
       mode: one of :data:`MODES`.
-      fit: the unbound :class:`api.FitConfig` (its ``meta_checkpoint`` is the meta generator).
+      fit: the unbound :class:`job_lib.FitConfig` (its ``meta_checkpoint`` is the meta generator).
       config: the config (FRePo's settings for ``mode="frepo"``).
       protocol: the evaluation protocol.
       workdir: where each task's adapted generator is saved (``task{t}/generator``).

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import distill as distill_config
+from mgdd_jax.configs import distill as distill_config
 from mgdd_jax import adapt, data, krr, labels, nets, objective
 from mgdd_jax import generator as gen
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import benchmark as benchmark_config
+from mgdd_jax.configs import benchmark as benchmark_config
 from mgdd_jax import baselines, checkpoint, data, krr
 from mgdd_jax import generator as gen_lib
 from mgdd_jax.baselines import generators

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from experiments import benchmark
-from experiments.configs import benchmark as benchmark_config
+from mgdd_jax.configs import benchmark as benchmark_config
 from mgdd_jax import baselines
 
 

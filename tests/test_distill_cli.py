@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import distill
-from experiments.configs import distill as distill_config
+from mgdd_jax.configs import distill as distill_config
 from mgdd_jax import checkpoint, data
 from mgdd_jax import generator as gen_lib
 
@@ -211,7 +211,7 @@ def test_incompatible_checkpoint(finished_run, tmp_path):
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     cmd = [sys.executable, "-m", "experiments.distill",
-           "--config=experiments/configs/distill.py:smoke", "--dataset=no_such_set",
+           "--config=mgdd_jax/configs/distill.py:smoke", "--dataset=no_such_set",
            f"--out={tmp_path / 'o'}"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2
@@ -221,7 +221,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
 
 def test_cli_rejects_misspelled_override(tmp_path):
     cmd = [sys.executable, "-m", "experiments.distill",
-           "--config=experiments/configs/distill.py:smoke", "--config.adapt.stepz=3",
+           "--config=mgdd_jax/configs/distill.py:smoke", "--config.adapt.stepz=3",
            f"--out={tmp_path / 'o'}"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "stepz" in p.stderr
@@ -270,7 +270,7 @@ def test_config_knobs_compose():
 
 def _cli(tmp_path, *args):
     cmd = [sys.executable, "-m", "experiments.distill",
-           "--config=experiments/configs/distill.py:smoke", "--dataset=digits",
+           "--config=mgdd_jax/configs/distill.py:smoke", "--dataset=digits",
            f"--out={tmp_path / 'o'}", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 

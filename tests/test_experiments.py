@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import adaptation_curve, cross_ipc, distill
-from experiments.configs import distill as distill_config
+from mgdd_jax.configs import distill as distill_config
 
 
 def smoke(out, ipc):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import benchmark
+from mgdd_jax.configs import benchmark
 from mgdd_jax import api, data, krr, nets
 from mgdd_jax.adapt import NonFiniteLossError
 from mgdd_jax.baselines import METHODS

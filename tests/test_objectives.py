@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import distill as distill_config
+from mgdd_jax.configs import distill as distill_config
 from mgdd_jax import adapt, krr, labels, nets, objective
 from mgdd_jax import generator as gen
 

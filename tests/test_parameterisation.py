@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import distill
-from experiments.configs import distill as distill_config
+from mgdd_jax.configs import distill as distill_config
 from mgdd_jax import krr, nets, objective, parameterisation
 from mgdd_jax import generator as gen
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import benchmark as benchmark_config
+from mgdd_jax.configs import benchmark as benchmark_config
 from mgdd_jax import baselines, data, krr, nets, objective
 from mgdd_jax.baselines import pixel
 

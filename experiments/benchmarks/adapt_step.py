@@ -38,7 +38,7 @@ from absl import app, flags
 
 from experiments import cli
 from experiments.benchmarks.common import cost_flops, machine_info, median_interleaved
-from experiments.configs import distill as distill_config
+from mgdd_jax.configs import distill as distill_config
 from mgdd_jax import adapt, conv, krr, labels, nets, objective, outputs
 from mgdd_jax import generator as gen_lib
 

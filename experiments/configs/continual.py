@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import benchmark as benchmark_config
+from mgdd_jax.configs import benchmark as benchmark_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

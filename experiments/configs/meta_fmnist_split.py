@@ -27,7 +27,7 @@ on the same validation bank (``val``), sized for the 2-core CPU:
   learned per-parameter α, starting at ``inner_lr`` = 0.15: there 5 inner steps move ω about
   as far as 5 Adam steps at 1e-4 do), first order.
 
-The generator and feature networks are ``experiments/configs/distill.py``'s (cpu sizes), so
+The generator and feature networks are ``mgdd_jax/configs/distill.py``'s (cpu sizes), so
 the checkpoint is a ``--meta_checkpoint`` for it.
 """
 

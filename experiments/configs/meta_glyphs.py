@@ -8,7 +8,7 @@ r"""Meta-training on the offline glyph corpus (disjoint from Fashion-MNIST and d
 
 Variants: ``gpu`` (default; Tab. 7 but narrower tasks: up to 50 classes, 500 real and 250
 synthetic images), ``cpu`` (first-order, small tasks: what a 2-core CPU can take), ``smoke``.
-The generator architecture matches ``experiments/configs/distill.py`` (width 32), so the
+The generator architecture matches ``mgdd_jax/configs/distill.py`` (width 32), so the
 result loads as its ``--meta_checkpoint``.
 
 This file is the single source of the values: ``mgdd_jax.meta.MetaConfig`` has no defaults and

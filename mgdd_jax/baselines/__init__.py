@@ -9,7 +9,7 @@ registered in :data:`METHODS` under its name:
 * ``snapshot_steps``: increasing optimisation step counts at which the method yields its
   current set (``0``: the set before any optimisation); a method without optimisation steps
   (``random``) yields one snapshot at step 0 whatever is asked;
-* ``config``: the benchmark config (``experiments/configs/benchmark.py``), read-only; each
+* ``config``: the benchmark config (``mgdd_jax/configs/benchmark.py``), read-only; each
   method reads its own subtree (``frepo``, ``pixel``) and the shared ones (``generator``,
   ``feature``, ``adapt``, ``labels``, ``meta_checkpoint``).
 

@@ -188,7 +188,7 @@ class FrepoConfig:
         if set(d) != names:
             raise ValueError(
                 f"config.frepo has unknown fields {sorted(set(d) - names)} and lacks "
-                f"{sorted(names - set(d))}; build it with experiments/configs/benchmark.py:"
+                f"{sorted(names - set(d))}; build it with mgdd_jax/configs/benchmark.py:"
                 "frepo_config")
         return cls(**d)
 

@@ -11,7 +11,7 @@
 * ``mgdd``: Alg. 2 from the meta generator of ``config.meta_checkpoint`` (the shipped one by
   default).
 
-All three generator methods run :func:`mgdd_jax.api.job_keys`' split of the method key, so for
+All three generator methods run :func:`mgdd_jax.job_lib.job_keys`' split of the method key, so for
 the same key they share the Eq. 3 label model, the initial images, the real batches and the θ*
 draws: only the starting parameters differ. Their snapshot time counts the label solve
 (Alg. 2 l. 1-4, on every training image), the adaptation steps and the generation (one forward
@@ -31,13 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mgdd_jax import adapt as adapt_lib
-from mgdd_jax import api, checkpoint, data, krr, labels
+from mgdd_jax import checkpoint, data, krr, labels
+from mgdd_jax import job as job_lib
 from mgdd_jax import generator as gen_lib
 from mgdd_jax.baselines import Snapshot, check_snapshot_steps, register
 
 def _fit_config(config: Any, ds: data.Dataset, ipc: int, steps: int,
-                meta_checkpoint: str) -> api.FitConfig:
-    fit = api.FitConfig.from_config(config, (ipc,), meta_checkpoint).bind(ds)
+                meta_checkpoint: str) -> job_lib.FitConfig:
+    fit = job_lib.FitConfig.from_config(config, (ipc,), meta_checkpoint).bind(ds)
     return dataclasses.replace(fit, adapt=dataclasses.replace(
         fit.adapt, steps=max(steps, 1), init_mode="single", ipcs=(ipc,)))
 
@@ -52,7 +53,7 @@ def _generator_method(start: str):
             raise ValueError("method 'mgdd' needs config.meta_checkpoint (a meta generator); "
                              "use 'identity' for a fresh generator")
         fit = _fit_config(config, ds, ipc, snapshot_steps[-1], meta_ckpt)
-        keys = api.job_keys(key)
+        keys = job_lib.job_keys(key)
         c = ds.num_classes
         t0 = time.perf_counter()
         label_model = labels.fit_label_model(
@@ -119,7 +120,7 @@ def random_real(key: chex.PRNGKey, ds: data.Dataset, ipc: int, snapshot_steps: S
     check_snapshot_steps(snapshot_steps)
     data.check_per_class(ds, ipc, what="IPC")
     t0 = time.perf_counter()
-    x, l = adapt_lib.single_init_set(api.job_keys(key)["adapt"], ds, ipc)
+    x, l = adapt_lib.single_init_set(job_lib.job_keys(key)["adapt"], ds, ipc)
     y = np.asarray(krr.centred_onehot(jnp.asarray(l), ds.num_classes), np.float32)
     yield Snapshot(0, time.perf_counter() - t0, np.asarray(x, np.float32), y,
                    {"distill_s": 0.0})

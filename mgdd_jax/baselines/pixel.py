@@ -35,7 +35,8 @@ import numpy as np
 import optax
 
 from mgdd_jax import adapt as adapt_lib
-from mgdd_jax import api, krr, nets, objective
+from mgdd_jax import job as job_lib
+from mgdd_jax import krr, nets, objective
 from mgdd_jax import data as data_lib
 from mgdd_jax.baselines import Snapshot, check_snapshot_steps, register
 
@@ -143,7 +144,7 @@ def _run(key, dataset, ipc, steps, name, feature, reg, batch_size, lr, momentum
     t_resume = time.perf_counter()
     seconds = 0.0
     c = dataset.num_classes
-    x0, l0 = adapt_lib.single_init_set(api.job_keys(key)["adapt"], dataset, ipc)
+    x0, l0 = adapt_lib.single_init_set(job_lib.job_keys(key)["adapt"], dataset, ipc)
     loop_key = jax.random.fold_in(key, 2)
     with jax.transfer_guard("allow"):
         train = jax.device_put({"x": dataset.x_train, "y": dataset.y_train,

@@ -1,8 +1,8 @@
 r"""Config of the baselines benchmark (`python -m experiments.benchmark`, issue 9).
 
-    python -m experiments.benchmark --config=experiments/configs/benchmark.py:cpu
-    python -m experiments.benchmark --config=experiments/configs/benchmark.py:paper  # a GPU
-    python -m experiments.benchmark --config=experiments/configs/benchmark.py:smoke \
+    python -m experiments.benchmark --config=mgdd_jax/configs/benchmark.py:cpu
+    python -m experiments.benchmark --config=mgdd_jax/configs/benchmark.py:paper  # a GPU
+    python -m experiments.benchmark --config=mgdd_jax/configs/benchmark.py:smoke \
         --config.out=/tmp/bench_smoke                                             # seconds
 
 Variants: ``cpu`` (the distill ``cpu`` sizes and evaluation protocol), ``paper`` (the distill
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import distill as distill_config
+from mgdd_jax.configs import distill as distill_config
 
 VARIANTS = {"cpu": "cpu", "paper": "paper", "smoke": "smoke"}
 

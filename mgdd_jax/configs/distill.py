@@ -17,11 +17,11 @@ preset:
   ``smoke`` = ``size=smoke,eval=smoke``.
 
     python -m experiments.distill --dataset=fashion_mnist --ipc=10 --out=runs/fmnist_ipc10
-    python -m experiments.distill --config=experiments/configs/distill.py:paper \
+    python -m experiments.distill --config=mgdd_jax/configs/distill.py:paper \
         --dataset=tfds:cifar10 --ipc=1,10,50 --out=runs/cifar10
-    python -m experiments.distill --config=experiments/configs/distill.py:size=paper,eval=cpu \
+    python -m experiments.distill --config=mgdd_jax/configs/distill.py:size=paper,eval=cpu \
         --dataset=fashion_mnist --ipc=10 --out=runs/paper_sizes_cpu_eval
-    python -m experiments.distill --config=experiments/configs/distill.py:smoke \
+    python -m experiments.distill --config=mgdd_jax/configs/distill.py:smoke \
         --dataset=digits --ipc=2 --out=/tmp/smoke --config.adapt.steps=3
 
 Any field can be overridden with ``--config.<path>=value`` (the config is locked, so a

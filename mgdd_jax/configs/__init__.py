@@ -1,0 +1,6 @@
+"""The library's default configs (ml_collections), one ``get_config(variant)`` per file.
+
+* :mod:`mgdd_jax.configs.distill`: the main job and :func:`mgdd_jax.fit` (variants ``cpu``,
+  ``paper``, ``smoke``, and knobs ``size=...,eval=...``);
+* :mod:`mgdd_jax.configs.benchmark`: the baselines (:mod:`mgdd_jax.baselines`).
+"""
