@@ -77,3 +77,23 @@ def write_result(out: str, stem: str, result: dict[str, Any],
         outputs.write_json(os.path.join(tmp, f"{stem}.json"), result)
         plot(result, os.path.join(tmp, f"{stem}.png"))
     print(f"wrote {out}/{stem}.json and {stem}.png", file=sys.stderr)
+
+
+def with_config_names(argv: list[str], config_file: str, flag: str = "config") -> list[str]:
+    """``--config=NAME`` (a variant such as ``smoke`` or ``size=paper,eval=cpu``, no ``.py`` in
+    it) -> ``--config=<config_file>:NAME``; a file path (``x.py`` or ``x.py:variant``) is kept.
+
+    So ``--config=paper`` names a built-in variant of the launcher's config file.
+    """
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        for prefix in (f"--{flag}=", f"-{flag}="):
+            if a.startswith(prefix) and ".py" not in a[len(prefix):]:
+                a = f"--{flag}={config_file}:{a[len(prefix):]}"
+        if a in (f"--{flag}", f"-{flag}") and i + 1 < len(argv) and ".py" not in argv[i + 1]:
+            a, i = f"--{flag}={config_file}:{argv[i + 1]}", i + 1
+        out.append(a)
+        i += 1
+    return out
+

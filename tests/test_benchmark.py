@@ -1,11 +1,11 @@
-"""experiments.benchmark: one command, every method, resumable; the summary's arithmetic."""
+"""experiments.paper.benchmark: one command, every method, resumable; the summary's arithmetic."""
 
 import json
 import os
 
 import pytest
 
-from experiments import benchmark
+from experiments.paper import benchmark
 from mgdd_jax.configs import benchmark as benchmark_config
 from mgdd_jax import baselines
 

@@ -1,4 +1,4 @@
-"""mgdd_jax.continual and experiments.continual (Fig. 5) on tiny sizes."""
+"""mgdd_jax.continual and experiments.paper.continual (Fig. 5) on tiny sizes."""
 
 import dataclasses
 import json
@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import continual as launcher
+from experiments.paper import continual as launcher
 from experiments.configs import continual as continual_config
 from mgdd_jax import checkpoint, continual, data, krr
 

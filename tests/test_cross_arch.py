@@ -1,4 +1,4 @@
-"""experiments.cross_arch: the benchmark's sets on other architectures (Tab. 4), resumable."""
+"""experiments.paper.cross_arch: the benchmark's sets on other architectures (Tab. 4), resumable."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_benchmark import smoke  # tests/ is on sys.path (pytest prepend import mode)
 
-from experiments import benchmark, cross_arch
+from experiments.paper import benchmark, cross_arch
 from mgdd_jax import evaluation
 
 

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from experiments import adaptation_curve, cross_ipc, distill
+from experiments import distill
+from experiments.paper import adaptation_curve, cross_ipc
 from mgdd_jax.configs import distill as distill_config
 
 
@@ -144,9 +145,9 @@ def _meta_workdir(path, rows, *, source="digits", order="first", bank="", inner_
 
 
 def test_meta_variants_table_times_and_refusals(tmp_path):
-    """experiments.meta_variants: the table at the steps all runs reached, wall time
+    """experiments.meta_studies.meta_variants: the table at the steps all runs reached, wall time
     accumulated over a resumed run's restarts, runs on other banks refused."""
-    from experiments import meta_variants
+    from experiments.meta_studies import meta_variants
 
     def val(step, t, ratio):
         return {"step": step, "time_s": t, "val_loss": ratio, "val_identity": 1.0,
@@ -200,11 +201,11 @@ def test_meta_variants_table_times_and_refusals(tmp_path):
 
 
 def test_bank_horizon_scores_identity_as_one_and_a_moved_generator_otherwise(tmp_path):
-    """experiments.bank_horizon: at every K the identity scores ratio 1 against itself; a
+    """experiments.meta_studies.bank_horizon: at every K the identity scores ratio 1 against itself; a
     perturbed ω scores otherwise; K = 0 reads the loss before any adaptation step."""
     import jax
 
-    from experiments import bank_horizon
+    from experiments.meta_studies import bank_horizon
     from experiments.configs import meta_glyphs
     from mgdd_jax import meta_train
 
@@ -228,7 +229,7 @@ def test_bank_horizon_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     import sys
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "experiments.bank_horizon",
+    cmd = [sys.executable, "-m", "experiments.meta_studies.bank_horizon",
            "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
            "--meta_checkpoint=nowhere", "--horizons=0,-5", f"--out={tmp_path / 'o'}"]
     p = subprocess.run(cmd, check=False, cwd=repo, capture_output=True, text=True,

@@ -19,11 +19,12 @@ import pytest
 
 from experiments.configs import meta_glyphs, meta_sources
 from mgdd_jax import checkpoint, meta, meta_train, meta_val, outputs
+from mgdd_jax.configs import distill as distill_config
 from mgdd_jax import generator as gen
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
-SHIPPED = os.path.join(REPO, "experiments", "meta_generator", "checkpoints")
+SHIPPED = distill_config.SHIPPED_META_CHECKPOINT
 RUN_FILES = ("config.json", "metrics.jsonl", "loss_curve.png")
 
 
@@ -90,19 +91,15 @@ def test_train_state_round_trip(tmp_path):
     assert m == ckpt_meta
 
 
-def test_shipped_meta_checkpoint_still_loads():
+def test_shipped_meta_checkpoint_loads_from_the_package():
+    assert SHIPPED.startswith(os.path.dirname(meta_train.__file__))
     step, stored = checkpoint.read_meta(SHIPPED)
     gcfg = gen.GeneratorConfig.from_dict(stored["generator"])
     params, _ = checkpoint.load_generator(SHIPPED, gcfg, (32, 32, 3))
     assert jax.tree.leaves(params)
-    # Its optimiser state restores through the train-state API (what a resume does).
-    mcfg = meta.MetaConfig.from_dict(stored["info"]["meta"])
-    abstract = jax.eval_shape(lambda: meta.init_meta_state(
-        gen.init_generator(jax.random.key(0), (32, 32, 3), gcfg), mcfg, meta.task_mesh()))
-    with checkpoint.open_train_state_manager(SHIPPED) as mngr:
-        restored = checkpoint.restore_train_state(mngr, step, abstract)
-    assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(
-        abstract["opt_state"])
+    # Package data: the parameters and the JSON meta only, no optimiser state.
+    assert sorted(os.listdir(os.path.join(SHIPPED, str(step))))[-2:] == ["meta", "params"]
+    assert not os.path.exists(os.path.join(SHIPPED, str(step), "opt_state"))
 
 
 def test_one_compatibility_check_names_fields():

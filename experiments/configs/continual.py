@@ -1,6 +1,6 @@
-r"""Config of the continual-learning experiment (`python -m experiments.continual`, Fig. 5).
+r"""Config of the continual-learning experiment (`python -m experiments.paper.continual`, Fig. 5).
 
-    python -m experiments.continual --config=experiments/configs/continual.py:cpu \
+    python -m experiments.paper.continual --config=experiments/configs/continual.py:cpu \
         --out=results/continual_fmnist
 
 Built on the benchmark config of the same variant (the distill sizes and evaluation protocol,

@@ -2,7 +2,7 @@ r"""The mechanism check of issue 10: meta-train on Fashion-MNIST classes 0-4, ad
 
     python -m experiments.meta_train --config=experiments/configs/meta_fmnist_split.py:reptile \
         --workdir=runs/split_reptile --config.max_seconds=1920
-    python -m experiments.adaptation_curve --dataset='fashion_mnist#classes=5-9' --ipc=10 \
+    python -m experiments.paper.adaptation_curve --dataset='fashion_mnist#classes=5-9' --ipc=10 \
         --meta_checkpoint=runs/split_reptile/checkpoints --at=0,50,100,200,1000 \
         --meta_at=0,50,100,200 --out=results/mechanism_fmnist_0-4_to_5-9_ipc10
 

@@ -3,18 +3,19 @@ r"""The shipped meta generator's recipe (issue 10, items 5-6): what the instrume
     python -m experiments.meta_train --config=experiments/configs/meta_shipped.py:cpu \
         --workdir=runs/meta_shipped
 
-The result is ``experiments/meta_generator/checkpoints`` (its README records the runs). It is
-``meta_sources.py:fractal`` (FOMAML with Adam inner steps at adaptation's α, supports from
-outside the real batch, one fixed initial set; 3-5 classes, 250 real and 5-50 synthetic images
-per task, 28×28, 4 tasks per step; the off-domain source nearest to the in-domain reference on
-the Fashion-MNIST 5-9 transfer bank, disjoint from every benchmark target), except where
-measured otherwise (README, "Starting meta-training from a random generator"):
+The run's latest step is shipped as package data with
+``python -m experiments.ship_generator --checkpoint=runs/meta_shipped/checkpoints
+--to=mgdd_jax/assets/meta_generator`` (parameters and generator config only); its record is
+``results/meta_generator/README.md``. It is ``meta_sources.py:fractal`` (FOMAML with Adam
+inner steps at adaptation's α, supports from outside the real batch, one fixed initial set;
+3-5 classes, 250 real and 5-50 synthetic images per task, 28×28, 4 tasks per step; a source
+disjoint from every benchmark target), with:
 
 * ``meta.init = "random"``: ω starts as the "w/o Meta" random generator instead of the
-  identity. From the identity, 150 meta steps with or without the start term gave
-  generators that adapt like the fresh one; from a random generator (λ = 0) they keep the
-  random generator's speed (+6 points over fresh after 100 steps at Fashion-MNIST IPC 1)
-  while meta-training lifts its step-0 accuracy from 36% to the identity's ~51%.
+  identity. What this buys is not established: the random start itself adapts faster than the
+  identity at IPC 1, and most of the step-0 difference between this start and
+  ``generator.random_generator`` comes from the channel adaptors (fixed here, random there),
+  not from meta-training (``docs/studies/learned_start.md``).
 * ``meta.start_weight = 0`` (λ): with λ = 1 the random start was pulled back to an
   identity-like generator that adapts as slowly as the fresh one.
 * the cosine over the whole run (``meta.steps``), so the run ends at a low learning rate.

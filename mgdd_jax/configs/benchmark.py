@@ -1,8 +1,8 @@
-r"""Config of the baselines benchmark (`python -m experiments.benchmark`, issue 9).
+r"""Config of the baselines benchmark (`python -m experiments.paper.benchmark`, issue 9).
 
-    python -m experiments.benchmark --config=mgdd_jax/configs/benchmark.py:cpu
-    python -m experiments.benchmark --config=mgdd_jax/configs/benchmark.py:paper  # a GPU
-    python -m experiments.benchmark --config=mgdd_jax/configs/benchmark.py:smoke \
+    python -m experiments.paper.benchmark --config=mgdd_jax/configs/benchmark.py:cpu
+    python -m experiments.paper.benchmark --config=mgdd_jax/configs/benchmark.py:paper  # a GPU
+    python -m experiments.paper.benchmark --config=mgdd_jax/configs/benchmark.py:smoke \
         --config.out=/tmp/bench_smoke                                             # seconds
 
 Variants: ``cpu`` (the distill ``cpu`` sizes and evaluation protocol), ``paper`` (the distill

@@ -31,17 +31,17 @@ misspelled path is an error); ``--dataset``, ``--ipc``, ``--steps``, ``--meta_ch
 
 from __future__ import annotations
 
-import os
+import importlib.resources
 
 import ml_collections
 
 from mgdd_jax import krr
 
-# The meta generator shipped with the package: meta-trained on the offline glyph corpus
-# (experiments/meta_generator/README.md says how). Pass --meta_checkpoint= (empty) to adapt
-# a freshly initialised generator instead.
-SHIPPED_META_CHECKPOINT = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "meta_generator", "checkpoints")
+# The meta generator shipped with the package (package data, parameters and generator config
+# only; docs/meta_generator.md says how it was made). Pass --meta_checkpoint= (empty) to
+# adapt a freshly initialised generator instead.
+SHIPPED_META_CHECKPOINT = str(importlib.resources.files("mgdd_jax").joinpath("assets",
+                                                                   "meta_generator"))
 
 KNOBS: dict[str, tuple[str, ...]] = {"size": ("cpu", "paper", "smoke"),
                                      "eval": ("cpu", "frepo", "smoke")}
