@@ -14,8 +14,8 @@ or float in [0, 1], and refuses anything else with the same messages as the data
 defaults are ``mgdd_jax/configs/distill.py``'s ``cpu`` variant (the one source of every
 default); pass ``config=default_config("paper")`` (or a modified copy) for other sizes.
 
-Nothing touches the disk unless asked (:meth:`Distiller.save`). The launcher
-``experiments.distill`` is a thin caller of :func:`fit_dataset`.
+Nothing touches the disk unless asked (:meth:`Distiller.save`). The main job's launcher is a
+thin caller of :func:`fit_dataset`.
 """
 
 from __future__ import annotations
@@ -53,9 +53,7 @@ SAVED_POOL_PER_CLASS = 50
 def default_config(variant: str = "cpu") -> ml_collections.ConfigDict:
     """The distill config (``mgdd_jax/configs/distill.py``), e.g. ``"paper"`` or
     ``"size=paper,eval=cpu"``; unlocked, so fields can be changed before :func:`fit`."""
-    from experiments.configs import (
-        distill as distill_config,  # config files import mgdd_jax
-    )
+    from mgdd_jax.configs import distill as distill_config  # it imports mgdd_jax.krr
 
     return distill_config.get_config(variant)
 
@@ -177,7 +175,7 @@ class Distiller:
         """Write the distiller to the directory ``path``, all at once or not at all.
 
         Holds the generator (an orbax checkpoint, ``path/generator``, also usable as
-        ``experiments.distill --meta_checkpoint``), the label model, the preprocessing, the
+        a ``meta`` checkpoint of :func:`fit` and the main job's ``--meta_checkpoint``), the label model, the preprocessing, the
         configs, every default initial set made so far, and up to ``SAVED_POOL_PER_CLASS``
         real images per class to draw new initialisations from. :func:`load` reads it back;
         ``generate`` then gives bit-identical sets for those initial sets.

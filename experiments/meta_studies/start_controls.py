@@ -138,4 +138,4 @@ if __name__ == "__main__":
     flags.DEFINE_list("lrs", ["1e-4"], "Adaptation learning rates α.")
     flags.DEFINE_integer("sets", 3, "Distilled sets R (seeds --seed .. --seed+R-1).")
     flags.DEFINE_bool("scratch", False, "Also adapt from a random generator.")
-    app.run(main)
+    app.run(main, argv=cli.with_config_names(sys.argv, distill.DEFAULT_CONFIG))

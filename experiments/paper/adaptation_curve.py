@@ -159,4 +159,4 @@ if __name__ == "__main__":
                       "each point is its own run of that many steps (module docstring).")
     flags.DEFINE_bool("scratch", False, "Also adapt from a random generator (the paper's "
                       "'w/o Meta'), at --at's steps.")
-    app.run(main)
+    app.run(main, argv=cli.with_config_names(sys.argv, distill.DEFAULT_CONFIG))

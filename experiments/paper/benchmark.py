@@ -504,4 +504,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, argv=cli.with_config_names(sys.argv, _DEFAULT_CONFIG))

@@ -126,4 +126,4 @@ if __name__ == "__main__":
     flags.DEFINE_bool("ablate_size_embedding", False,
                       "Also adapt and evaluate the same generator without the size embedding "
                       "(Fig. 3's ablation), same keys.")
-    app.run(main)
+    app.run(main, argv=cli.with_config_names(sys.argv, distill.DEFAULT_CONFIG))

@@ -1,7 +1,7 @@
-r"""Config of the baselines benchmark (`python -m experiments.paper.benchmark`, issue 9).
+r"""Config of the baselines (:mod:`mgdd_jax.baselines`) and their benchmark.
 
     python -m experiments.paper.benchmark --config=mgdd_jax/configs/benchmark.py:cpu
-    python -m experiments.paper.benchmark --config=mgdd_jax/configs/benchmark.py:paper  # a GPU
+    python -m experiments.paper.benchmark --config=mgdd_jax/configs/benchmark.py:paper
     python -m experiments.paper.benchmark --config=mgdd_jax/configs/benchmark.py:smoke \
         --config.out=/tmp/bench_smoke                                             # seconds
 

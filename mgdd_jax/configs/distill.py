@@ -1,4 +1,4 @@
-r"""Config of the distill main job (`python -m experiments.distill`) and of `mgdd_jax.api.fit`.
+r"""Config of :func:`mgdd_jax.fit` and of the main job (``python -m experiments.distill``).
 
 This file is the single source of every default: the library's dataclasses
 (`AdaptConfig`, `GeneratorConfig`, `ConvNetConfig`, the evaluation protocol) are built from its
@@ -7,7 +7,7 @@ subtrees and carry no defaults of their own.
 The argument after the colon composes knobs, ``key=value`` separated by commas, or names a
 preset:
 
-* ``size=cpu|paper|smoke``: the sizes. ``cpu`` (default) is for a 2-core CPU: generator
+* ``size=cpu|paper|smoke``: the sizes. ``cpu`` (default) is sized for a CPU: generator
   width 32, feature networks width 64 (instance norm), n_t = 512. ``paper`` is Tab. 7 /
   Fig. 7: generator width 64, feature width 128, n_t = 1024. ``smoke`` is tiny widths and a
   few steps: the whole pipeline in seconds (tests, CI).
@@ -17,12 +17,15 @@ preset:
   ``smoke`` = ``size=smoke,eval=smoke``.
 
     python -m experiments.distill --dataset=fashion_mnist --ipc=10 --out=runs/fmnist_ipc10
-    python -m experiments.distill --config=mgdd_jax/configs/distill.py:paper \
+    python -m experiments.distill --config=paper \
         --dataset=tfds:cifar10 --ipc=1,10,50 --out=runs/cifar10
-    python -m experiments.distill --config=mgdd_jax/configs/distill.py:size=paper,eval=cpu \
+    python -m experiments.distill --config=size=paper,eval=cpu \
         --dataset=fashion_mnist --ipc=10 --out=runs/paper_sizes_cpu_eval
-    python -m experiments.distill --config=mgdd_jax/configs/distill.py:smoke \
+    python -m experiments.distill --config=smoke \
         --dataset=digits --ipc=2 --out=/tmp/smoke --config.adapt.steps=3
+
+``--config`` takes a variant of this file by name, as above, or a config file
+(``--config=path/to/file.py:variant``).
 
 Any field can be overridden with ``--config.<path>=value`` (the config is locked, so a
 misspelled path is an error); ``--dataset``, ``--ipc``, ``--steps``, ``--meta_checkpoint``,
