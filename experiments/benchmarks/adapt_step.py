@@ -1,6 +1,6 @@
 r"""Where the time of one adaptation step (Alg. 2) goes, against this machine's attainable peak.
 
-    python -m experiments.benchmarks.adapt_step --out=results/bench/adapt_step_cpu.json
+    python -m experiments.benchmarks.adapt_step --out=results/benchmarks/adapt_step_cpu.json
     python -m experiments.benchmarks.adapt_step --configs=cpu,paper   # also the paper's sizes
 
 Per distill config size (``cpu``: generator width 32, feature width 64, n_t = 512; ``paper``:
@@ -42,7 +42,7 @@ from mgdd_jax.configs import distill as distill_config
 from mgdd_jax import adapt, conv, krr, labels, nets, objective, outputs
 from mgdd_jax import generator as gen_lib
 
-_OUT = flags.DEFINE_string("out", "results/bench/adapt_step_cpu.json", "JSON output path.")
+_OUT = flags.DEFINE_string("out", "results/benchmarks/adapt_step_cpu.json", "JSON output path.")
 _CONFIGS = flags.DEFINE_list("configs", ["cpu"], "Distill config sizes to measure.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed calls per variant (median reported).")
 _N_S = flags.DEFINE_integer("n_s", 100, "Synthetic images per step (IPC 10, 10 classes).")

@@ -1,6 +1,6 @@
 r"""DC (gradient matching, Tab. 3) on flat against class-grouped batches: one step's time.
 
-    python -m experiments.benchmarks.dc_step --out=results/bench/dc_step_cpu.json
+    python -m experiments.benchmarks.dc_step --out=results/benchmarks/dc_step_cpu.json
 
 :func:`mgdd_jax.objective.dc_objective` gives the same value on both layouts of a side
 (:func:`mgdd_jax.objective.group_by_class`). On the flat one it back-propagates each class's mean
@@ -40,7 +40,7 @@ from mgdd_jax import generator as gen_lib
 
 def define_flags() -> None:
     """Defined by the launcher only (not at import: tests import this module with others)."""
-    flags.DEFINE_string("out", "results/bench/dc_step_cpu.json", "JSON output path.")
+    flags.DEFINE_string("out", "results/benchmarks/dc_step_cpu.json", "JSON output path.")
     flags.DEFINE_string("config", "cpu", "Distill config size (cpu, paper, smoke).")
     flags.DEFINE_list("ipcs", ["1", "10"], "Images per class to measure.")
     flags.DEFINE_integer("repeats", 5, "Timed calls per variant (median reported).")

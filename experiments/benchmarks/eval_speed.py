@@ -3,7 +3,7 @@ r"""Wall time of one evaluation (train ``num_seeds`` networks, test them): per-s
     python -m experiments.benchmarks.eval_speed                      # cpu protocol, 2000 steps
     python -m experiments.benchmarks.eval_speed --steps=100 --repeats=3   # a quick measurement
     python -m experiments.benchmarks.eval_speed --network=alexnet --ipc=1 --steps=50 \
-        --variants=loop,unrolled --out=results/bench/eval_speed_cpu_alexnet.json
+        --variants=loop,unrolled --out=results/benchmarks/eval_speed_cpu_alexnet.json
 
 One fixed 100-image Fashion-MNIST set (10 random real training images per class, centred
 one-hot labels, the loader's standardisation) is evaluated with the ``cpu`` protocol
@@ -43,7 +43,7 @@ from experiments.benchmarks.common import machine_info
 from mgdd_jax import evaluation, krr, nets, outputs
 from mgdd_jax.data import load_dataset
 
-_OUT = flags.DEFINE_string("out", "results/bench/eval_speed_cpu.json", "JSON output path.")
+_OUT = flags.DEFINE_string("out", "results/benchmarks/eval_speed_cpu.json", "JSON output path.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed evaluations per variant (median).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed evaluations per variant first (compile).")
 _STEPS = flags.DEFINE_integer("steps", 0, "Training steps (0: the protocol's, 2000 here).")

@@ -1,6 +1,6 @@
 r"""Choose the default relative ridge of `mgdd_jax.krr` by measurement.
 
-    python -m experiments.benchmarks.krr_reg --out=results/bench/krr_reg.json
+    python -m experiments.benchmarks.krr_reg --out=results/benchmarks/krr_reg.json
 
 Candidates: FRePo's 1e-6 and RFAD's 5e-3 (``lam = reg * trace(K) / n``). On Fashion-MNIST with
 random FRePo ConvNets (width 128, norm none / instance), for supports of n_s images where every
@@ -23,7 +23,7 @@ from experiments import cli
 from experiments.benchmarks.common import machine_info
 from mgdd_jax import data, krr, nets, outputs
 
-_OUT = flags.DEFINE_string("out", "results/bench/krr_reg.json", "JSON output path.")
+_OUT = flags.DEFINE_string("out", "results/benchmarks/krr_reg.json", "JSON output path.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Random networks per case.")
 _REGS = flags.DEFINE_list("regs", ["1e-6", "5e-3"], "Relative ridges to compare.")
 _N_S = flags.DEFINE_list("n_s", ["10", "100", "500"], "Support sizes (half unique, duplicated).")

@@ -1,6 +1,6 @@
 r"""Micro-benchmark of the KRR core: `solve_labels` (Eq. 3) and `krr_loss` + grad (Eq. 1).
 
-    python -m experiments.benchmarks.krr_timing --out=results/bench/krr_timing.json
+    python -m experiments.benchmarks.krr_timing --out=results/benchmarks/krr_timing.json
 
 Features are ReLU random features of dimension p (the cost does not depend on where they came
 from). Each figure is the median of --repeats jitted calls after warm-up (compile excluded).
@@ -16,7 +16,7 @@ from experiments import cli
 from experiments.benchmarks.common import machine_info, time_fn
 from mgdd_jax import krr, outputs
 
-_OUT = flags.DEFINE_string("out", "results/bench/krr_timing.json", "JSON output path.")
+_OUT = flags.DEFINE_string("out", "results/benchmarks/krr_timing.json", "JSON output path.")
 _N_T = flags.DEFINE_integer("n_t", 1024, "Real batch size.")
 _P = flags.DEFINE_integer("p", 2048, "Feature dimension.")
 _N_S = flags.DEFINE_list("n_s", ["10", "100", "500"], "Synthetic set sizes.")

@@ -1,7 +1,7 @@
 r"""Seconds per meta step (Alg. 1) against the same number of adaptation steps, on this machine.
 
     python -m experiments.benchmarks.meta_step --config=experiments/configs/meta_glyphs.py:cpu \
-        --config.meta.inner_steps=2 --out=results/bench/meta_step_cpu.json
+        --config.meta.inner_steps=2 --out=results/benchmarks/meta_step_cpu.json
 
 For each order (``--orders``: first and/or second) and each loop of
 :func:`mgdd_jax.meta.make_meta_step` (``--loops``: ``unrolled``, the CPU default, and
@@ -37,7 +37,7 @@ from mgdd_jax import generator as gen_lib
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Meta config.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed meta steps per variant (after compiling).")
 _SCAN_STEPS = flags.DEFINE_integer("scan_steps", 1, "Timed steps of the slow 'scan' loop.")
-_OUT = flags.DEFINE_string("out", "results/bench/meta_step_cpu.json", "JSON output.")
+_OUT = flags.DEFINE_string("out", "results/benchmarks/meta_step_cpu.json", "JSON output.")
 _ORDERS = flags.DEFINE_list("orders", ["first", "second"], "Of meta.ORDERS: first, second, reptile.")
 _LOOPS = flags.DEFINE_list("loops", ["unrolled", "scan"], "make_meta_step loops to time.")
 

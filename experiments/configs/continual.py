@@ -1,7 +1,7 @@
 r"""Config of the continual-learning experiment (`python -m experiments.paper.continual`, Fig. 5).
 
     python -m experiments.paper.continual --config=experiments/configs/continual.py:cpu \
-        --out=results/continual_fmnist
+        --out=results/paper/continual_fmnist
 
 Built on the benchmark config of the same variant (the distill sizes and evaluation protocol,
 FRePo's settings for the ``frepo`` buffer baseline), plus the stream: ``num_tasks`` equal

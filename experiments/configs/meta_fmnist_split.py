@@ -4,7 +4,7 @@ r"""The mechanism check of issue 10: meta-train on Fashion-MNIST classes 0-4, ad
         --workdir=runs/split_reptile --config.max_seconds=1920
     python -m experiments.paper.adaptation_curve --dataset='fashion_mnist#classes=5-9' --ipc=10 \
         --meta_checkpoint=runs/split_reptile/checkpoints --at=0,50,100,200,1000 \
-        --meta_at=0,50,100,200 --out=results/mechanism_fmnist_0-4_to_5-9_ipc10
+        --meta_at=0,50,100,200 --out=results/meta_studies/mechanism_fmnist_0-4_to_5-9_ipc10
 
 A legitimate disjoint-class split (each side has its own train and test split): it separates
 "the algorithm works" from "the source is wrong" (a source far from the target). It does not

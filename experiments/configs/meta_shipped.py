@@ -6,7 +6,7 @@ r"""The shipped meta generator's recipe (issue 10, items 5-6): what the instrume
 The run's latest step is shipped as package data with
 ``python -m experiments.ship_generator --checkpoint=runs/meta_shipped/checkpoints
 --to=mgdd_jax/assets/meta_generator`` (parameters and generator config only); its record is
-``results/meta_generator/README.md``. It is ``meta_sources.py:fractal`` (FOMAML with Adam
+``docs/meta_generator.md``. It is ``meta_sources.py:fractal`` (FOMAML with Adam
 inner steps at adaptation's α, supports from outside the real batch, one fixed initial set;
 3-5 classes, 250 real and 5-50 synthetic images per task, 28×28, 4 tasks per step; a source
 disjoint from every benchmark target), with:

@@ -2,7 +2,7 @@ r"""Which offline meta-training source transfers to Fashion-MNIST (issue 10, ite
 
     python -m experiments.meta_train --config=experiments/configs/meta_sources.py:SOURCE \
         --workdir=runs/sources_SOURCE --config.max_seconds=540
-    python -m experiments.meta_studies.meta_variants --out=results/meta_sources_fmnist_5-9 \
+    python -m experiments.meta_studies.meta_variants --out=results/meta_studies/meta_sources_fmnist_5-9 \
         --runs=glyphs:runs/sources_glyphs,procedural:runs/sources_procedural,...
 
 Every variant is the same meta-learning recipe (``meta_fmnist_split.py:fomaml``, the winner

@@ -1,8 +1,8 @@
 r"""A meta generator's validation-bank ratio at several adaptation horizons K (issue 10).
 
     python -m experiments.meta_studies.bank_horizon --config=experiments/configs/meta_sources.py:fractal \
-        --meta_checkpoint=results/meta_sources_runs/fractal/checkpoints --horizons=0,20,100 \
-        --out=results/fractal_source_bank_horizon
+        --meta_checkpoint=results/meta_studies/meta_sources_runs/fractal/checkpoints --horizons=0,20,100 \
+        --out=results/meta_studies/fractal_source_bank_horizon
 
 The bank of a run (``val``: its tasks, and ``val.source`` when set) scored as during
 meta-training (:mod:`mgdd_jax.meta_val`), but after K = each of ``--horizons`` adaptation steps

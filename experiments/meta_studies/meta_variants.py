@@ -2,7 +2,7 @@ r"""Compare meta-learning variants on their validation bank (issue 10, item 2).
 
     python -m experiments.meta_studies.meta_variants \
         --runs=reptile:runs/split_reptile,fomaml:runs/split_fomaml,maml:runs/split_maml,alg1:runs/split_alg1 \
-        --out=results/meta_variants_fmnist_0-4
+        --out=results/meta_studies/meta_variants_fmnist_0-4
 
 Reads each meta-training workdir's ``metrics.jsonl`` and ``config.json`` (runs of
 ``experiments/configs/meta_fmnist_split.py``'s or ``meta_sources.py``'s variants share one

@@ -1,7 +1,7 @@
 r"""MGDD Fig. 4: test accuracy after 0..T adaptation steps, meta generator vs fresh generator.
 
     python -m experiments.paper.adaptation_curve --dataset=fashion_mnist --ipc=10 \
-        --at=0,100,200,500,1000 --out=results/adaptation_curve_fmnist_ipc10
+        --at=0,100,200,500,1000 --out=results/paper/adaptation_curve_fmnist_ipc10
 
 Both starts use the same seed: the same label model, initial images, real batches and θ*
 draws, and the same evaluation keys; only the generator's starting parameters differ (the
@@ -25,22 +25,25 @@ question "does N steps from the meta generator reach fresh's 1000-step accuracy"
 of those. The runs of one start share the seed, so they differ only in length.
 
     python -m experiments.paper.adaptation_curve --dataset='fashion_mnist#classes=5-9' --ipc=10 \
-        --meta_checkpoint=results/mechanism_fomaml_fmnist_0-4_to_5-9_ipc10/meta_run/checkpoints \
+        --meta_checkpoint=results/meta_studies/mechanism_fomaml_fmnist_0-4_to_5-9_ipc10/meta_run/checkpoints \
         --at=0,50,100,200,1000 --meta_at=0,50,100,200 --schedule=complete \
-        --out=results/mechanism_fomaml_fmnist_0-4_to_5-9_ipc10
+        --out=results/meta_studies/mechanism_fomaml_fmnist_0-4_to_5-9_ipc10
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from absl import app, flags
 
 from experiments import cli, distill
 from mgdd_jax import adapt as adapt_lib
-from mgdd_jax import api, checkpoint, evaluation, krr, labels, outputs
+from mgdd_jax import api, checkpoint, data, evaluation, krr, labels, outputs
 from mgdd_jax import generator as gen_lib
 
 SCHEDULES = ("snapshots", "complete")
@@ -48,28 +51,38 @@ SCHEDULES = ("snapshots", "complete")
 
 def curve(prep: distill.Prepared, at: list[int], meta_at: list[int] | None = None,
           schedule: str = "snapshots", scratch: bool = False,
-          random_real: bool = True) -> dict:
+          random_real: bool = True,
+          extra_starts: Callable[[dict, data.Dataset, Any], dict[str, Any]] | None = None,
+          fresh: bool = True) -> dict:
     """Fig. 4's curves (module docstring): accuracy after N adaptation steps, per start;
-    ``random_real``: also evaluate the initial real images with one-hot labels."""
+    ``random_real``: also evaluate the initial real images with one-hot labels;
+    ``extra_starts(keys, dataset, fit)``: more starts ``{name: params}``, evaluated at ``at``
+    like the fresh one (``keys``: the job's :func:`~mgdd_jax.job.job_keys`); ``fresh``: include
+    the fresh start."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     ds, fit = prep.dataset, prep.fit
     config = prep.config
     ipc = prep.ipcs[0]
-    steps_of = {"fresh": at, "scratch": at, "meta": meta_at or at}
+    steps_of = collections.defaultdict(lambda: at, meta=meta_at or at)
     adapt_cfg = dataclasses.replace(fit.adapt, steps=max(at), init_mode="single", ipcs=(ipc,))
     keys = api.job_keys(jax.random.key(config.seed))
     c = ds.num_classes
     label_model = labels.fit_label_model(keys["labels"], ds.x_train, ds.y_train, c,
                                          adapt_cfg.feature, reg=fit.label_reg,
                                          chunk_size=fit.label_chunk_size)
-    starts = {"fresh": gen_lib.init_generator(keys["generator"], ds.image_shape, fit.gen_config)}
+    starts = {}
+    if fresh:
+        starts["fresh"] = gen_lib.init_generator(keys["generator"], ds.image_shape,
+                                                 fit.gen_config)
     if fit.meta_checkpoint:
         starts["meta"] = checkpoint.load_generator(fit.meta_checkpoint, fit.gen_config,
                                                    ds.image_shape, key=keys["generator"])[0]
     if scratch:
         starts["scratch"] = gen_lib.random_generator(keys["generator"], ds.image_shape,
                                                      fit.gen_config)
+    if extra_starts is not None:
+        starts.update(extra_starts(keys, ds, fit))
     result = {"dataset": config.dataset, "ipc": ipc, "at": at, "meta_at": steps_of["meta"],
               "schedule": schedule,
               "meta_checkpoint": fit.meta_checkpoint, "eval_protocol": prep.protocol.to_dict(),

@@ -12,7 +12,7 @@ time at each; every snapshot is then evaluated with the config's protocol and
 ``eval.num_seeds`` networks (the same evaluation keys for every method and step). Evaluation
 time is not counted in a method's time.
 
-Writes into ``--out`` (default ``results/<dataset>/``), each file atomically:
+Writes into ``--out`` (default ``results/paper/<dataset>/``), each file atomically:
 ``benchmark.json`` (``runs``: one entry per method, IPC and snapshot with ``method``,
 ``ipc``, ``steps``, ``seconds``, ``acc_mean``, ``acc_std``, ``per_seed``, ``timing``; and
 ``summary``: the tables below), ``benchmark.md`` (a Tab. 12-like accuracy table with the
@@ -77,7 +77,7 @@ def define_flags() -> None:
                                     "Benchmark config: benchmark.py:cpu|paper|smoke.",
                                     lock_config=True)
     flags.DEFINE_string("dataset", None, "Shorthand for --config.dataset.")
-    flags.DEFINE_string("out", None, "Shorthand for --config.out (default results/<dataset>).")
+    flags.DEFINE_string("out", None, "Shorthand for --config.out (default results/paper/<dataset>).")
     flags.DEFINE_string("ipc", None, "Shorthand for --config.ipc, e.g. 1,10,50.")
     flags.DEFINE_string("methods", None, "Shorthand for --config.methods.")
     flags.DEFINE_integer("seed", None, "Shorthand for --config.seed.")
@@ -158,7 +158,7 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
         api.FitConfig.from_config(config, ipcs, config.meta_checkpoint)  # checkpoint matches
     from mgdd_jax.data import sources
     sources.resolve_source(config.dataset)  # unknown names fail here, before loading
-    out = outputs.check_resumable_out(config.out or os.path.join("results",
+    out = outputs.check_resumable_out(config.out or os.path.join("results", "paper",
                                                                  _slug(config.dataset)))
     stem = output_stem(config.variant)
     if config.adapt.ds_factor != 1:

@@ -1,7 +1,7 @@
 r"""MGDD Fig. 5: class-incremental learning with a synthetic buffer, per mode of making it.
 
     python -m experiments.paper.continual --config=experiments/configs/continual.py:cpu \
-        --out=results/continual_fmnist
+        --out=results/paper/continual_fmnist
 
 Each mode (``mgdd_jax.continual``: adapt from the meta generator at every task, from the
 previous task's generator, only on the first task, or FRePo per task) streams the tasks; after

@@ -1,8 +1,8 @@
 r"""Tab. 4 on the benchmark's sets: each method's final set trained on unseen architectures.
 
-    python -m experiments.paper.cross_arch --bench=results/fashion_mnist --ipc=1 \
+    python -m experiments.paper.cross_arch --bench=results/paper/fashion_mnist --ipc=1 \
         --methods=frepo,mgdd --archs=convnet,alexnet,vgg11,resnet18 \
-        --out=results/fashion_mnist_cross_arch
+        --out=results/paper/fashion_mnist_cross_arch
 
 ``experiments.paper.benchmark`` keeps the last set of every (method, IPC) it ran in
 ``<bench>/benchmark_sets/<method>_ipc<K>.npz`` (images, labels, steps; ``benchmark_<V>_sets``
@@ -56,7 +56,7 @@ STEM = "cross_arch"
 def define_flags() -> None:
     """Defined by the launcher only (not at import: tests import this module with others)."""
     flags.DEFINE_string("bench", None, "A benchmark's output directory (benchmark.json and "
-                        "benchmark_sets/), e.g. results/fashion_mnist.")
+                        "benchmark_sets/), e.g. results/paper/fashion_mnist.")
     flags.DEFINE_string("methods", "frepo,mgdd", "Comma list of the benchmark's methods.")
     flags.DEFINE_string("ipc", "1", "Comma list of IPCs the benchmark ran.")
     flags.DEFINE_string("archs", ",".join(nets.ARCHS),
@@ -75,7 +75,7 @@ def benchmark_config(bench: str, variant: str = "cpu") -> ml_collections.ConfigD
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--bench={bench} has no {name}: pass the --out of an "
                                 "experiments.paper.benchmark run (and its --variant), e.g. "
-                                "results/fashion_mnist")
+                                "results/paper/fashion_mnist")
     try:
         with open(path) as f:
             stored = json.load(f)["config"]

@@ -1,7 +1,7 @@
 r"""MGDD Fig. 3: adapt once with multi-initialisation on some IPCs, then generate other IPCs.
 
     python -m experiments.paper.cross_ipc --dataset=fashion_mnist --ipc=10,50 \
-        --generate=1,5,10,20,30,50 --steps=1000 --out=results/cross_ipc_fmnist
+        --generate=1,5,10,20,30,50 --steps=1000 --out=results/paper/cross_ipc_fmnist
 
 The generator (from the config's ``meta_checkpoint``, default the shipped one) is adapted
 with multi-initialisation over the ``--ipc`` sizes; every ``--generate`` IPC is then produced
@@ -16,7 +16,7 @@ with the same key and its sets are evaluated with the same evaluation keys
 
     python -m experiments.paper.cross_ipc --dataset=fashion_mnist --ipc=10,20 \
         --generate=1,5,10,15,20 --steps=500 --ablate_size_embedding \
-        --out=results/cross_ipc_size_embedding_fmnist
+        --out=results/paper/cross_ipc_size_embedding_fmnist
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ipc = "1,10,50"
     c.snapshot_steps = "0,50,100,200,500,1000"
     c.long = False  # also a snapshot at 2000 steps
-    c.out = ""  # default: results/<dataset>/ (benchmark.json, tables, PNGs)
+    c.out = ""  # default: the launcher's results/paper/<dataset>/ (benchmark.json, tables, PNGs)
     c.frepo = frepo_config(variant)
     # Method "pixel": the images learned directly with adapt.objective (SGD with momentum, as
     # DM's and DC's codes); learning_rate 0 = the objective's published one (dm 1.0, dc 0.1).
