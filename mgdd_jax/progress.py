@@ -1,7 +1,8 @@
 """A dependency-free progress line with loss and ETA, for the adaptation, meta and eval loops.
 
 Metrics are fetched from the device only when a line is printed (at most every
-``min_interval_s`` seconds and at the last step), so the loop keeps dispatching asynchronously.
+``min_interval_s`` seconds and at the last step), and never by a disabled reporter, so the
+loop keeps dispatching asynchronously.
 """
 
 from __future__ import annotations
@@ -61,17 +62,19 @@ class Progress:
         self.last_metrics: dict[str, float] = {}
 
     def update(self, step: int, metrics: dict[str, Any] | None = None, *, force: bool = False):
-        """Record progress at ``step`` (1-based count of finished steps)."""
+        """Record progress at ``step`` (1-based count of finished steps).
+
+        Disabled, it returns at once: the metrics are not read (no device -> host copy)."""
+        if not self.enabled:
+            return
         now = time.perf_counter()
         due = force or step >= self.total or now - self._last_print >= self.min_interval_s
         if not due:
             return
         if metrics:
-            self.last_metrics = {k: float(np.asarray(jax.device_get(v))) for k, v in
-                                 metrics.items()}
+            fetched = jax.device_get(dict(metrics))  # one copy for all of them
+            self.last_metrics = {k: float(np.asarray(v)) for k, v in fetched.items()}
         self._last_print = now
-        if not self.enabled:
-            return
         elapsed = now - self.start
         frac = step / self.total if self.total else 1.0
         eta = elapsed / step * (self.total - step) if step else float("nan")

@@ -22,6 +22,10 @@ from scipy import ndimage
 
 from mgdd_jax import augment, krr, nets
 from mgdd_jax import evaluation as evaluate
+from mgdd_jax.evaluation import batched as eval_batched
+from mgdd_jax.evaluation import evaluate as eval_evaluate
+from mgdd_jax.evaluation import predict as eval_predict
+from mgdd_jax.evaluation import trainer as eval_trainer
 
 H = 8
 C = 4
@@ -289,7 +293,7 @@ def per_seed_reference(problem):
     xs, ys, _, _ = problem
     y = krr.centred_onehot(jnp.asarray(ys), C)
     keys = [jax.random.fold_in(jax.random.key(0), i) for i in range(EQUIV.num_seeds)]
-    runs = [evaluate._train(k, jnp.asarray(xs), y, C, EQUIV, None) for k in keys]
+    runs = [eval_trainer._train(k, jnp.asarray(xs), y, C, EQUIV, None) for k in keys]
     return keys, y, runs
 
 
@@ -314,10 +318,10 @@ def test_resolve_seeds():
 def test_auto_trains_unseen_architectures_with_the_loop_on_cpu(monkeypatch):
     """evaluate_synthetic's "auto" follows the protocol's network (the loop path for VGG11)."""
     used = []
-    real_loop, real_batched = evaluate._evaluate_loop, evaluate._train_batched
-    monkeypatch.setattr(evaluate, "_evaluate_loop",
+    real_loop, real_batched = eval_evaluate._evaluate_loop, eval_batched._train_batched
+    monkeypatch.setattr(eval_evaluate, "_evaluate_loop",
                         lambda *a, **k: used.append("loop") or real_loop(*a, **k))
-    monkeypatch.setattr(evaluate, "_train_batched",
+    monkeypatch.setattr(eval_batched, "_train_batched",
                         lambda *a, **k: used.append("batched") or real_batched(*a, **k))
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(4, 8, 8, 1)).astype(np.float32), np.array([0, 1, 0, 1])
@@ -336,12 +340,12 @@ def test_batched_training_equals_per_seed_loop(mode, problem, per_seed_reference
     the per-seed loop, to float tolerance; and the seeds do differ from each other."""
     xs, _, xt, yt = problem
     keys, y, runs = per_seed_reference
-    variables, metrics = evaluate._train_batched(
+    variables, metrics = eval_batched._train_batched(
         keys, jnp.asarray(xs)[None], y[None], C, EQUIV, None, "test", mode
     )
     assert metrics["steps"] == EQUIV.steps and metrics["batch_size"] == 16
     arch = EQUIV.arch(C)
-    accs = evaluate._accuracies(variables, xt, yt, arch, EQUIV.test_batch_size, mode)
+    accs = eval_predict._accuracies(variables, xt, yt, arch, EQUIV.test_batch_size, mode)
     for i, (ref_vars, ref_metrics) in enumerate(runs):
         got = jax.tree.map(lambda a, i=i: a[i], variables)
         _assert_trees_close(got, ref_vars)
@@ -419,13 +423,13 @@ def test_evaluate_many_equals_separate_calls(mode, sets_per_call, calls, problem
         for x, y in sets
     ]
     seen = []
-    real = evaluate._train_batched
+    real = eval_batched._train_batched
 
     def spy(keys, x, *args, **kwargs):
         seen.append((len(keys), tuple(x.shape)))
         return real(keys, x, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "_train_batched", spy)
+    monkeypatch.setattr(eval_batched, "_train_batched", spy)
     many = evaluate.evaluate_many(key, sets, xt_noisy, yt_noisy, proto, progress=False,
                                   seeds=mode, sets_per_call=sets_per_call)
     assert [g for _, (g, *_) in seen] == calls
@@ -602,8 +606,8 @@ def no_training(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("training started before the input was checked")
 
-    monkeypatch.setattr(evaluate, "_train", fail)
-    monkeypatch.setattr(evaluate, "_train_batched", fail)
+    monkeypatch.setattr(eval_trainer, "_train", fail)
+    monkeypatch.setattr(eval_batched, "_train_batched", fail)
 
 
 def _bad_cases(xs, ys, xt, yt):
