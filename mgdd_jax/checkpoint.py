@@ -37,10 +37,22 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's generator config is incompatible with the requested one."""
 
 
-def _manager(directory: str, *, max_to_keep: int | None = None, read_only: bool = False):
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=not read_only, read_only=read_only
-    )
+def _manager(directory: str, *, max_to_keep: int | None = None):
+    """The manager :func:`save_generator` writes with (creates ``directory``)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def _reader(directory: str) -> ocp.CheckpointManager:
+    """A manager that only lists and restores the steps of an existing ``directory``.
+
+    Not orbax's ``read_only=True``: that option logs two warnings on every open (the
+    directory is read only; ``save_interval_steps`` set to 0) and guards only ``save`` and
+    ``delete``, which a reader never calls. With ``create=False`` and no root metadata the
+    manager writes nothing, so a checkpoint on a read-only file system (an installed package)
+    loads as before.
+    """
+    options = ocp.CheckpointManagerOptions(create=False)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -80,19 +92,28 @@ def save_generator(
 
 def read_meta(directory: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
     """``(step, meta)`` of the latest (or given) step, without reading any array."""
+    _check_directory(directory)
+    with _reader(directory) as mngr:
+        return _read_meta(mngr, directory, step)
+
+
+def _check_directory(directory: str) -> None:
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"no generator checkpoint at {directory!r}: the directory does not exist. Pass the "
             "--out directory of an earlier distill run, or a meta-training workdir."
         )
-    with _manager(directory, read_only=True) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(
-                f"{directory!r} holds no complete checkpoint step (an interrupted save leaves "
-                "none); rerun the job that writes it."
-            )
-        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def _read_meta(mngr: ocp.CheckpointManager, directory: str,
+               step: int | None) -> tuple[int, dict[str, Any]]:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(
+            f"{directory!r} holds no complete checkpoint step (an interrupted save leaves "
+            "none); rerun the job that writes it."
+        )
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointMismatchError(
             f"{directory!r} is not an mgdd_jax generator checkpoint (format "
@@ -220,17 +241,18 @@ def load_generator(
     Returns:
       ``(params, meta)``.
     """
-    step, meta = read_meta(directory, step)
-    stored = GeneratorConfig.from_dict(meta["generator"])
-    check_compatible(stored, config, directory)
-    stored_shape = (*image_shape[:2], stored.image_channels)
-    # Onto this process's first device, whatever devices saved it (a checkpoint of a
-    # multi-device or multi-host meta-training run loads on one device).
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-        jax.eval_shape(lambda: init_generator(jax.random.key(0), stored_shape, stored)))
-    with _manager(directory, read_only=True) as mngr:
+    _check_directory(directory)
+    with _reader(directory) as mngr:
+        step, meta = _read_meta(mngr, directory, step)
+        stored = GeneratorConfig.from_dict(meta["generator"])
+        check_compatible(stored, config, directory)
+        stored_shape = (*image_shape[:2], stored.image_channels)
+        # Onto this process's first device, whatever devices saved it (a checkpoint of a
+        # multi-device or multi-host meta-training run loads on one device).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+            jax.eval_shape(lambda: init_generator(jax.random.key(0), stored_shape, stored)))
         params = mngr.restore(
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
         )["params"]
@@ -293,5 +315,5 @@ def latest_step(directory: str) -> int | None:
     and writes nothing else."""
     if not os.path.isdir(directory):
         return None
-    with _manager(directory, read_only=True) as mngr:
+    with _reader(directory) as mngr:
         return mngr.latest_step()

@@ -1,19 +1,18 @@
-"""A drop-in ``conv_general_dilated`` whose kernel gradient is fast on XLA:CPU.
+"""A drop-in ``conv_general_dilated`` whose kernel gradient is fast on XLA:CPU, and the
+resolver that uses it on the CPU only.
 
 Why: on XLA:CPU the gradient of a convolution w.r.t. its kernel is itself a convolution that
 contracts over the batch and the whole image (window = the image, output = the 3×3 kernel).
 XLA hands it to its conv library as one call over the whole batch, and that call falls off a
-cliff once the batch's activations outgrow the core caches: for 100 images of 28×28, 32→32
-channels it took ~10× the forward pass (~350 ms vs ~35 ms on the 2-core CPU), and it dominated
-the adaptation step (``experiments/benchmarks/adapt_step.py`` measures it). The same
-computation split into a sum over small batch chunks (a few images, <= 1 MiB of activations
-each) runs at about the speed of the forward pass: the kernel gradient is a sum over images, so
-the chunking is exact up to float summation order.
+cliff once the batch's activations outgrow the core caches. The same computation split into a
+sum over small batch chunks (a few images, at most :data:`CHUNK_BYTES` of activations each)
+runs at about the speed of the forward pass: the kernel gradient is a sum over images, so the
+chunking is exact up to float summation order.
 
 A second cliff: inside a loop body (``lax.scan``, as in the adaptation loop and the MAML inner
 loop) XLA:CPU leaves that kernel-gradient convolution in its non-canonical layout and runs it
-on a fallback path another ~10× slower; written out in the canonical layout below, it is as
-fast inside a loop as outside.
+on a slower fallback path; written out in the canonical layout below, it runs inside a loop as
+it does outside.
 
 What: :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature and value.
 For the layout flax uses (NHWC / HWIO / NHWC), stride 1, no dilation or grouping, it is a
@@ -21,18 +20,22 @@ For the layout flax uses (NHWC / HWIO / NHWC), stride 1, no dilation or grouping
 flipped-kernel convolution, and the kernel gradient the chunked sum, each written as a
 canonical-layout convolution. For 'SAME' odd kernels with fewer output than input channels
 (e.g. the generator's last 32→3 conv) the kernel gradient is computed with the roles of the
-input and the output cotangent swapped (a 3→32 problem, several times faster) and the kernel
-flipped back. Anything else (strides, dilation, grouping, other layouts,
-``preferred_element_type``) goes to ``lax.conv_general_dilated`` unchanged.
+input and the output cotangent swapped (a 3→32 problem) and the kernel flipped back.
+Anything else (strides, dilation, grouping, other layouts, ``preferred_element_type``) goes to
+``lax.conv_general_dilated`` unchanged.
 
-Use it as ``nn.Conv(..., conv_general_dilated=conv.conv_general_dilated)``: parameter names,
-shapes and initialisation are flax's, so existing checkpoints load and ``init`` gives the same
-parameters. :func:`implementation` switches back to the stock path (benchmarks, tests); it is
-read when a function is traced, so build fresh jitted functions inside it.
+Which: the workaround is for XLA:CPU only. :func:`default_conv` is what the networks pass as
+``nn.Conv(..., conv_general_dilated=conv.default_conv())``: this module's convolution when
+:func:`mgdd_jax.backend.is_cpu`, the stock :func:`jax.lax.conv_general_dilated` on GPU and
+TPU. Either way the parameter names, shapes and initialisation are flax's, so checkpoints load
+on every backend and ``init`` gives the same parameters. :func:`implementation` forces one of
+the two ("chunked" or "lax") within a block (benchmarks, tests). Both are read when a module
+is traced, so build fresh jitted functions inside the block; a traced function carries no
+per-call cost.
 
 Limitation: a ``custom_vjp`` supports reverse mode to any order (``grad`` of ``grad``, as in
-second-order MAML) and ``vmap``, but not forward mode (``jax.jvp`` / ``jacfwd``); inside
-``implementation("lax")`` forward mode works as usual.
+second-order MAML) and ``vmap``, but not forward mode (``jax.jvp`` / ``jacfwd``); the stock
+path (the default off the CPU, or inside ``implementation("lax")``) supports both.
 """
 
 from __future__ import annotations
@@ -40,19 +43,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLEMENTATIONS: tuple[str, ...] = ("chunked", "lax")
-_impl = "chunked"
+from mgdd_jax import backend
 
-# Kernel-gradient chunks: about this many bytes of (input + output cotangent) per chunk (measured
-# within ~15% of the best between 0.25 and 1 MiB; larger chunks compile faster), and at most this many
-# chunks per convolution (bounds the graph size, hence the compile time).
+IMPLEMENTATIONS: tuple[str, ...] = ("chunked", "lax")
+_forced: str | None = None  # set by implementation(); None: decided by the backend
+
+# Kernel-gradient chunks: about this many bytes of (input + output cotangent) per chunk (larger
+# chunks compile faster), and at most this many chunks per convolution (bounds the graph size,
+# hence the compile time).
 CHUNK_BYTES = 1 << 20
 MAX_CHUNKS = 32
 
@@ -61,19 +66,34 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 @contextlib.contextmanager
 def implementation(name: str) -> Iterator[None]:
-    """Within the block, :func:`conv_general_dilated` traces as ``name`` ("chunked" or "lax")."""
-    global _impl
+    """Within the block, convolutions trace as ``name`` ("chunked" or "lax") on any backend."""
+    global _forced
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"conv implementation must be one of {IMPLEMENTATIONS}, got {name!r}")
-    old, _impl = _impl, name
+    old, _forced = _forced, name
     try:
         yield
     finally:
-        _impl = old
+        _forced = old
 
 
 def current_implementation() -> str:
-    return _impl
+    """The implementation convolutions trace as now: the forced one, else "chunked" on
+    XLA:CPU and "lax" elsewhere."""
+    if _forced is not None:
+        return _forced
+    return "chunked" if backend.is_cpu() else "lax"
+
+
+def default_conv() -> Callable[..., jax.Array]:
+    """The ``conv_general_dilated`` for ``nn.Conv`` here and now: :func:`conv_general_dilated`
+    when :func:`current_implementation` is "chunked", else :func:`jax.lax.conv_general_dilated`.
+
+    Call it inside a module's ``__call__`` (at trace time), not at import.
+    """
+    if current_implementation() == "chunked":
+        return conv_general_dilated
+    return lax.conv_general_dilated
 
 
 def batch_chunks(n: int, bytes_per_image: int, chunk_bytes: int | None = None,
@@ -123,7 +143,7 @@ def _kernel_grad_chunked(x, dy, pads, precision):
     Written as the convolution XLA would build for it, in the canonical layout (C, H, W, N) *
     (Ho, Wo, N, O) -> (C, kh, kw, O) that its conv library takes directly (XLA does not
     rewrite non-canonical convolutions inside loop bodies, e.g. under ``lax.scan``, and falls
-    back to a much slower path there), and summed over batch chunks (see the module docstring).
+    back to a slower path there), and summed over batch chunks (see the module docstring).
     """
     n = x.shape[0]
     per_image = (x[0].size + dy[0].size) * x.dtype.itemsize
@@ -187,12 +207,16 @@ def conv_general_dilated(
     precision: Any = None,
     preferred_element_type: Any = None,
 ) -> jax.Array:
-    """``lax.conv_general_dilated`` with a fast kernel gradient (see the module docstring)."""
+    """``lax.conv_general_dilated`` with a fast kernel gradient on XLA:CPU (module docstring).
+
+    It takes the custom-VJP path on any backend unless ``implementation("lax")`` is in force;
+    :func:`default_conv` decides by backend whether to use it at all.
+    """
     nd = len(window_strides)
     lhs_dil = tuple(lhs_dilation) if lhs_dilation is not None else (1,) * nd
     rhs_dil = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * nd
     fast = (
-        _impl == "chunked"
+        _forced != "lax"
         and nd == 2
         and getattr(lhs, "ndim", None) == 4
         and getattr(rhs, "ndim", None) == 4

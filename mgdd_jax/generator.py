@@ -124,7 +124,7 @@ class _Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.Conv(self.features, (3, 3), padding="SAME",
-                    conv_general_dilated=conv.conv_general_dilated)(x)
+                    conv_general_dilated=conv.default_conv())(x)
         if self.norm == "instance":
             x = nn.InstanceNorm()(x)
         elif self.norm == "layer":
@@ -188,7 +188,7 @@ class Generator(nn.Module):
         h = jax.image.resize(h, (h.shape[0], *shape0, h.shape[-1]), "nearest")
         h = _Block(w1, cfg.norm, name="dec2")(h)
         r = nn.Conv(cfg.core_channels, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros,
-                    conv_general_dilated=conv.conv_general_dilated, name="out")(h)
+                    conv_general_dilated=conv.default_conv(), name="out")(h)
         if cfg.has_adaptors:
             r = nn.Conv(cfg.image_channels, (1, 1), use_bias=False, kernel_init=_average_init,
                         name="adaptor_out")(r)

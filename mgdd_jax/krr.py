@@ -31,10 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
 
-# Default relative ridge, chosen by measurement between FRePo's 1e-6 and RFAD's 5e-3
-# (experiments/benchmarks/krr_reg.py; the numbers are in the README): on supports whose
-# images all appear twice (K_ss exactly singular), 1e-6 can make the float32 Eq. 1 loss NaN;
-# 5e-3 kept it finite and close to a float64 solve without costing KRR test accuracy.
+# Default relative ridge of Eq. 1: RFAD's 5e-3 rather than FRePo's 1e-6. On a support whose
+# images all appear twice K_ss is exactly singular, and 1e-6 can make the float32 loss NaN.
 DEFAULT_REG = 5e-3
 
 Form = Literal["auto", "dual", "primal"]

@@ -120,7 +120,7 @@ class ConvNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         for width in self.config.widths():
             x = nn.Conv(width, (3, 3), padding="SAME",
-                        conv_general_dilated=conv.conv_general_dilated)(x)
+                        conv_general_dilated=conv.default_conv())(x)
             norm = _norm_layer(self.config.norm, train)
             if norm is not None:
                 x = norm(x)

@@ -31,9 +31,7 @@ Either side may also come *class-grouped* (:func:`group_by_class`): ``x`` ``(K, 
 block ``c`` holding class ``c``'s rows (masked padding where a class has fewer than ``m``). Every
 objective gives the same value on both layouts; DC is what it is for: on the flat layout it
 back-propagates every class's mean loss through the whole batch (K backward passes of n rows),
-on the grouped one each class only through its own block (one pass of n rows in all): 8.9x /
-6.8x less time at IPC 1 / 10 of 28×28 images on the 2-core CPU
-(``experiments/benchmarks/dc_step.py``).
+on the grouped one each class only through its own block (one pass of n rows in all).
 The adaptation and pixel loops group both sides for DC; their samplers are class-balanced.
 """
 

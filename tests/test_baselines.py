@@ -111,6 +111,41 @@ def test_bad_inputs_fail_before_work(digits, method, ipc, steps, match):
         baselines.run_method(method, jax.random.key(0), digits, ipc, steps, smoke_config())
 
 
+@pytest.mark.parametrize("steps, want", [
+    ((0, 1, 3), (0, 1, 3)),
+    ([5], (5,)),
+    (np.array([0, 10, 20]), (0, 10, 20)),  # NumPy integers are integers
+    (iter([0, 2]), (0, 2)),
+])
+def test_snapshot_steps_rule_accepts(steps, want):
+    got = baselines.check_snapshot_steps(steps)
+    assert got == want and all(type(s) is int for s in got)
+
+
+@pytest.mark.parametrize("steps, match", [
+    ((), "snapshot_steps is empty"),
+    (("3",), "integers >= 0"),     # no string coercion
+    ((0, "3"), "integers >= 0"),
+    ((1.5,), "integers >= 0"),     # no float truncation
+    ((0, 2.0), "integers >= 0"),   # not even integral floats
+    ((True, 2), "integers >= 0"),  # bools are not steps
+    ((-1, 2), "integers >= 0"),
+    ((0, 3, 1), "strictly increasing"),
+    ((0, 1, 1), "strictly increasing"),
+])
+def test_snapshot_steps_rule_refuses(steps, match):
+    with pytest.raises(ValueError, match=match):
+        baselines.check_snapshot_steps(steps)
+
+
+def test_every_method_shares_the_snapshot_steps_rule():
+    """One rule: FRePo's module uses the harness's function, not a copy."""
+    from mgdd_jax.baselines import frepo, pixel
+
+    for module in (frepo, pixel, generators):
+        assert module.check_snapshot_steps is baselines.check_snapshot_steps
+
+
 def test_registry_refuses_a_second_method_of_the_same_name():
     with pytest.raises(ValueError, match="registered twice"):
         baselines.register("random")(lambda *a: iter(()))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from mgdd_jax import conv
+from mgdd_jax import backend, conv, generator, nets
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -136,13 +136,14 @@ def test_unsupported_cases_fall_back_to_lax():
 
 
 def test_implementation_switch():
-    assert conv.current_implementation() == "chunked"
+    default = "chunked" if backend.is_cpu() else "lax"
+    assert conv.current_implementation() == default
     with conv.implementation("lax"):
         assert conv.current_implementation() == "lax"
         jaxpr = jax.make_jaxpr(jax.grad(lambda k: jnp.sum(fast_conv(jnp.ones((1, 4, 4, 1)), k))))(
             jnp.ones((3, 3, 1, 1)))
         assert "custom_vjp" not in str(jaxpr)
-    assert conv.current_implementation() == "chunked"
+    assert conv.current_implementation() == default
     with pytest.raises(ValueError, match="implementation"), conv.implementation("eigen"):
         pass
 
@@ -174,3 +175,80 @@ def test_drop_in_for_nn_conv():
     g_stock = jax.grad(lambda p: jnp.sum(stock.apply(p, x) ** 2))(p)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_stock)):
         _assert_close(a, b)
+
+
+# ------------------------------------------------------------ which convolution, by backend
+@pytest.fixture
+def off_cpu(monkeypatch):
+    """As on a GPU or TPU: mgdd_jax.backend.is_cpu() says no."""
+    monkeypatch.setattr(backend, "is_cpu", lambda backend=None: False)
+
+
+def test_default_conv_is_decided_by_the_backend(monkeypatch):
+    monkeypatch.setattr(backend, "is_cpu", lambda backend=None: True)
+    assert conv.current_implementation() == "chunked"
+    assert conv.default_conv() is conv.conv_general_dilated
+    monkeypatch.setattr(backend, "is_cpu", lambda backend=None: False)
+    assert conv.current_implementation() == "lax"
+    assert conv.default_conv() is jax.lax.conv_general_dilated
+    for name, want in (("chunked", conv.conv_general_dilated),
+                       ("lax", jax.lax.conv_general_dilated)):
+        with conv.implementation(name):  # forcing wins over the backend
+            assert conv.current_implementation() == name and conv.default_conv() is want
+
+
+def _feature_and_generator(x):
+    """Params, outputs and parameter gradients of the feature net and the generator."""
+    fcfg = nets.ConvNetConfig(width=6, depth=2, norm="instance", num_classes=3)
+    gcfg = generator.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
+    v = nets.init_feature_params(jax.random.key(0), x.shape[1:], fcfg)
+    p = generator.init_generator(jax.random.key(1), x.shape[1:], gcfg)
+    p = jax.tree.map(lambda a: a + 0.05, p)  # the zero-initialised last conv takes part
+
+    def loss(v, p):
+        y = generator.apply_generator(p, x, 2, gcfg)
+        return jnp.sum(jnp.sin(nets.conv_features(v, y, fcfg)))
+
+    value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(v, p)
+    return (v, p), value, grads, loss
+
+
+def test_forced_implementations_agree_on_params_outputs_and_gradients():
+    """Checkpoints load either way: same param trees, same init; same values to float
+    tolerance."""
+    x = jax.random.normal(jax.random.key(2), (4, 9, 7, 1))
+    out = {}
+    for name in conv.IMPLEMENTATIONS:
+        with conv.implementation(name):
+            out[name] = _feature_and_generator(x)[:3]
+    (params0, value0, grads0), (params1, value1, grads1) = out["chunked"], out["lax"]
+    assert jax.tree.structure(params0) == jax.tree.structure(params1)
+    for a, b in zip(jax.tree.leaves(params0), jax.tree.leaves(params1)):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    _assert_close(value0, value1)
+    assert jax.tree.structure(grads0) == jax.tree.structure(grads1)
+    for a, b in zip(jax.tree.leaves(grads0), jax.tree.leaves(grads1)):
+        _assert_close(a, b, rtol=1e-3)
+
+
+def test_off_cpu_default_is_the_stock_conv_and_allows_forward_mode(off_cpu):
+    x = jax.random.normal(jax.random.key(2), (3, 8, 8, 1))
+    (v, p), _, grads, loss = _feature_and_generator(x)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(v, p))
+    assert "custom_vjp" not in jaxpr
+    tangents = jax.tree.map(jnp.ones_like, (v, p))
+    _, dot = jax.jit(lambda primals: jax.jvp(loss, primals, tangents))((v, p))  # forward mode
+    # The directional derivative equals <grad, tangent> from reverse mode.
+    want = sum(jnp.vdot(g, t) for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(tangents)))
+    np.testing.assert_allclose(dot, want, rtol=1e-4)
+
+
+def test_forward_mode_needs_the_stock_conv():
+    """The custom VJP has no forward mode (the reason it stays on the CPU)."""
+    x, k, _ = _inputs(2, 5, 5, 2, 3)
+    with conv.implementation("chunked"), pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda k: fast_conv(x, k), (k,), (k,))
+    with conv.implementation("lax"):
+        _, dy = jax.jvp(lambda k: fast_conv(x, k), (k,), (k,))
+    _assert_close(dy, lax_conv(x, k))  # linear in k

@@ -94,6 +94,41 @@ def test_without_size_embedding_every_size_is_the_same_and_checkpoints_load(tmp_
                                   dataclasses.replace(off, width=8), (8, 8, 3))
 
 
+def test_loading_a_checkpoint_logs_no_third_party_warnings(tmp_path, caplog):
+    """Reading a generator checkpoint (meta, latest step, parameters) emits no warning, from
+    orbax (absl logging) or anyone else, and writes nothing into the directory."""
+    import logging
+    import os
+    import warnings
+
+    import orbax.checkpoint as ocp
+
+    from mgdd_jax import checkpoint
+
+    cfg = gen.GeneratorConfig(**TINY, image_channels=3)
+    params = perturbed(gen.init_generator(jax.random.key(0), (8, 8, 3), cfg), jax.random.key(1))
+    directory = str(tmp_path / "ckpt")
+    checkpoint.save_generator(directory, 3, params, cfg, {"kind": "test"})
+    before = sorted(os.walk(directory))
+    caplog.set_level(logging.WARNING)
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert checkpoint.latest_step(directory) == 3
+        step, meta = checkpoint.read_meta(directory)
+        loaded, meta2 = checkpoint.load_generator(directory, cfg, (8, 8, 3))
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert [str(w.message) for w in caught] == []
+    assert step == 3 and meta == meta2 and meta["info"] == {"kind": "test"}
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(os.walk(directory)) == before
+    # The capture works: orbax's read-only manager is what used to warn on every load.
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)):
+        pass
+    assert any("read only" in r.getMessage() for r in caplog.records)
+
+
 def test_size_encoding_matches_formula():
     enc = np.asarray(gen.size_encoding(jnp.array([3.0, 50.0]), 8))
     freqs = np.exp(-math.log(10_000.0) * np.arange(4) / 4)

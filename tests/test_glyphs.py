@@ -195,7 +195,7 @@ def test_save_load_round_trip_is_atomic(tmp_path, charset, monkeypatch):
 def test_corrupt_file_is_reported(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="python -m experiments.make_glyphs"):
+    with pytest.raises(ValueError, match="python -m mgdd_jax.glyph_corpus"):
         glyphs.load_corpus(bad)
 
 
@@ -226,7 +226,7 @@ def test_missing_corpus_names_the_command(tmp_path):
     with pytest.raises(data.DatasetNotFoundError) as e:
         data.load_dataset("glyphs", data_dir=tmp_path)
     message = str(e.value)
-    assert "python -m experiments.make_glyphs" in message
+    assert "python -m mgdd_jax.glyph_corpus" in message and "experiments" not in message
     assert str(tmp_path / "glyphs" / glyphs.CorpusSpec().filename) in message
     with pytest.raises(data.DatasetNotFoundError, match="--num_classes=2 --per_class=3"):
         data.load_dataset("glyphs:classes=2,per_class=3", data_dir=tmp_path)
@@ -255,10 +255,12 @@ def test_bad_spec(spec):
         data.load_dataset(f"glyphs:{spec}")
 
 
-def test_make_glyphs_cli(tmp_path, font_dir):
+@pytest.mark.parametrize("module", ["mgdd_jax.glyph_corpus", "experiments.make_glyphs"])
+def test_make_glyphs_cli(tmp_path, font_dir, module):
+    """The builder's entry point, and the checkout's alias of it."""
     out = tmp_path / "cli.npz"
     run = subprocess.run(
-        [sys.executable, "-m", "experiments.make_glyphs", f"--font_dirs={font_dir}",
+        [sys.executable, "-m", module, f"--font_dirs={font_dir}",
          "--num_classes=3", "--per_class=2", "--image_size=8", f"--out={out}"],
         check=False, cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
@@ -270,7 +272,7 @@ def test_make_glyphs_cli(tmp_path, font_dir):
     loaded, manifest = glyphs.load_corpus(out)
     assert loaded.masks.shape == (6, 8, 8) and manifest["seed"] == 0
     bad = subprocess.run(
-        [sys.executable, "-m", "experiments.make_glyphs", f"--font_dirs={tmp_path / 'none'}",
+        [sys.executable, "-m", module, f"--font_dirs={tmp_path / 'none'}",
          f"--out={tmp_path / 'x.npz'}"],
         check=False, cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
@@ -305,8 +307,29 @@ def test_data_package_does_not_import_the_builder():
         REPO / "mgdd_jax" / "data" / "glyphs.py")
 
 
-@pytest.mark.parametrize("module", ["mgdd_jax.data.glyphs", "mgdd_jax.data.sources",
-                                    "mgdd_jax.glyph_corpus"])
+def test_reader_and_builder_share_only_the_format():
+    """The builder imports the format module, never the reader; the format imports neither."""
+    for path in (REPO / "mgdd_jax" / "glyph_corpus").glob("*.py"):
+        imported = _module_level_imports(path)
+        assert not any(n.startswith("mgdd_jax.data.glyphs") for n in imported), path
+    fmt = _module_level_imports(REPO / "mgdd_jax" / "data" / "glyph_format.py")
+    assert not any(n.startswith(("mgdd_jax.glyph_corpus", "mgdd_jax.data.glyphs")) for n in fmt)
+    assert glyph_corpus.CorpusSpec is glyphs.CorpusSpec  # one definition, seen by both
+
+
+def test_library_messages_name_the_package_command():
+    """Every user-facing command the reader and builder print is the package's own."""
+    assert glyph_corpus.BUILD_COMMAND == "python -m mgdd_jax.glyph_corpus"
+    assert glyphs.CorpusSpec(num_classes=2).command == (
+        "python -m mgdd_jax.glyph_corpus --num_classes=2")
+    for path in [*(REPO / "mgdd_jax" / "glyph_corpus").glob("*.py"),
+                 REPO / "mgdd_jax" / "data" / "glyphs.py",
+                 REPO / "mgdd_jax" / "data" / "glyph_format.py"]:
+        assert "experiments" not in path.read_text(), path
+
+
+@pytest.mark.parametrize("module", ["mgdd_jax.data.glyphs", "mgdd_jax.data.glyph_format",
+                                    "mgdd_jax.data.sources", "mgdd_jax.glyph_corpus"])
 def test_modules_import_in_a_fresh_process(module):
     code = (f"import sys, {module}; "
             "heavy = [m for m in sys.modules if m.split('.')[0] in ('PIL', 'fontTools')]; "

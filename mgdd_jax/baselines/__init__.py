@@ -1,4 +1,4 @@
-"""Baselines and MGDD in one harness (issue 9): every method returns synthetic sets the same way.
+"""Baselines and MGDD in one harness: every method returns synthetic sets the same way.
 
 A *method* is a function ``method(key, dataset, ipc, snapshot_steps, config) -> Iterator[Snapshot]``
 registered in :data:`METHODS` under its name:
@@ -6,9 +6,10 @@ registered in :data:`METHODS` under its name:
 * ``key``: the method's PRNG key (every draw of the method comes from it);
 * ``dataset``: a preprocessed :class:`mgdd_jax.data.Dataset` (the same for all methods);
 * ``ipc``: images per class of the synthetic set;
-* ``snapshot_steps``: increasing optimisation step counts at which the method yields its
-  current set (``0``: the set before any optimisation); a method without optimisation steps
-  (``random``) yields one snapshot at step 0 whatever is asked;
+* ``snapshot_steps``: strictly increasing optimisation step counts at which the method
+  yields its current set (``0``: the set before any optimisation), checked by
+  :func:`check_snapshot_steps`; a method without optimisation steps (``random``) yields one
+  snapshot at step 0 whatever is asked;
 * ``config``: the benchmark config (``mgdd_jax/configs/benchmark.py``), read-only; each
   method reads its own subtree (``frepo``, ``pixel``) and the shared ones (``generator``,
   ``feature``, ``adapt``, ``labels``, ``meta_checkpoint``).
@@ -22,6 +23,8 @@ accuracy against time comes out of one run.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -75,17 +78,30 @@ def register(name: str) -> Callable[[MethodFn], MethodFn]:
     return deco
 
 
-def check_snapshot_steps(steps: Sequence[int]) -> tuple[int, ...]:
-    """``steps`` as a tuple of strictly increasing ints >= 0, or a ValueError saying why."""
-    try:
-        out = tuple(int(s) for s in steps)
-    except (TypeError, ValueError):
-        raise ValueError(f"snapshot steps must be integers, got {steps!r}") from None
-    if not out:
-        raise ValueError("give at least one snapshot step (e.g. 0,100,1000)")
-    if out[0] < 0 or any(b <= a for a, b in zip(out, out[1:])):
-        raise ValueError(f"snapshot steps must be >= 0 and strictly increasing, got {list(out)}")
-    return out
+def check_snapshot_steps(snapshot_steps: Sequence[int]) -> tuple[int, ...]:
+    """The snapshot steps of a method call, checked: every method's one rule.
+
+    Args:
+      snapshot_steps: a non-empty sequence of integers (``int`` or NumPy integers, not
+        ``bool``, not strings or floats, even integral ones), each >= 0 (0: the initial set),
+        strictly increasing (sorted, no repeats).
+
+    Returns:
+      The steps as a tuple of Python ints.
+
+    Raises:
+      ValueError: naming what is wrong, before any work.
+    """
+    steps = tuple(snapshot_steps)
+    if not steps:
+        raise ValueError("snapshot_steps is empty; ask for at least one step, e.g. (0, 1000)")
+    for s in steps:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
+            raise ValueError(f"snapshot_steps must be integers >= 0, got {steps}")
+    if any(b <= a for a, b in itertools.pairwise(steps)):
+        raise ValueError(f"snapshot_steps must be strictly increasing, got {steps}; sort them "
+                         "and drop repeats")
+    return tuple(int(s) for s in steps)
 
 
 def run_method(name: str, key: chex.PRNGKey, dataset: data.Dataset, ipc: int,

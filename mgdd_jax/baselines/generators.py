@@ -11,7 +11,7 @@
 * ``mgdd``: Alg. 2 from the meta generator of ``config.meta_checkpoint`` (the shipped one by
   default).
 
-All three generator methods run :func:`mgdd_jax.job_lib.job_keys`' split of the method key, so for
+All three generator methods run :func:`mgdd_jax.job.job_keys`' split of the method key, so for
 the same key they share the Eq. 3 label model, the initial images, the real batches and the θ*
 draws: only the starting parameters differ. Their snapshot time counts the label solve
 (Alg. 2 l. 1-4, on every training image), the adaptation steps and the generation (one forward

@@ -5,14 +5,15 @@ download: every class is one Unicode character drawn from the installed fonts.
 It is *built* by :mod:`mgdd_jax.glyph_corpus` (fonts, character set, rendering,
 manifest), usually with::
 
-    python -m experiments.make_glyphs
+    python -m mgdd_jax.glyph_corpus
 
-This module only defines the file format and reads it: :func:`load_corpus`
-checks a stored ``.npz``; :func:`load_glyphs` (the ``glyphs`` /
-``glyphs:classes=C,per_class=N,size=S,seed=K`` source) finds it, colourises
-the grey masks into RGB and splits each class 90/10 into train/test. A small
-corpus missing from the cache is rendered on first use (the builder is then
-imported lazily); anything else missing is an error naming the command.
+The file format both sides agree on is :mod:`mgdd_jax.data.glyph_format`. This
+module reads it: :func:`load_corpus` checks a stored ``.npz``; :func:`load_glyphs`
+(the ``glyphs`` / ``glyphs:classes=C,per_class=N,size=S,seed=K`` source) finds it,
+colourises the grey masks into RGB and splits each class 90/10 into train/test. A
+small corpus missing from the cache is rendered on first use (the builder is then
+imported, by this module's one function-level import); anything else missing is an error
+naming the command.
 
 Every random draw comes from numpy Generators seeded from the key data of an
 explicit ``jax.random`` key plus a stream tag (and, per class, the class
@@ -22,7 +23,6 @@ JAX's PRNG configuration flags nor on the order in which classes are handled.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -30,94 +30,56 @@ import re
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 
 from mgdd_jax.data.dataset import RawData
 from mgdd_jax.data.errors import DatasetNotFoundError
-from mgdd_jax.data.preprocess import resolve_cache_dir
+from mgdd_jax.data.glyph_format import (
+    ARRAY_KEYS,
+    BUILD_COMMAND,
+    CACHE_SUBDIR,
+    DEFAULT_SEED,
+    FONT_INSTALL_HINT,
+    FORMAT_VERSION,
+    STREAM_COLOUR,
+    STREAM_SPLIT,
+    CorpusSpec,
+    GlyphCorpus,
+    class_name,
+    corpus_key,
+    default_corpus_path,
+)
 from mgdd_jax.rng import numpy_rng
 
 logger = logging.getLogger(__name__)
 
-CACHE_SUBDIR = "glyphs"
-
-DEFAULT_NUM_CLASSES = 1000
-DEFAULT_PER_CLASS = 64
-DEFAULT_IMAGE_SIZE = 32
-DEFAULT_SEED = 0
 TEST_FRACTION = 0.1
-
-MAKE_COMMAND = "python -m experiments.make_glyphs"
-FONT_INSTALL_HINT = "apt-get install fonts-dejavu-core fonts-noto-core"
-# The loader renders a missing corpus itself only up to this many images (the
-# default 64000 take well under a minute); larger ones must be made explicitly.
+# The loader renders a missing corpus itself only up to this many images (the default
+# 1000 x 64); larger ones must be made explicitly with the build command.
 MAX_AUTO_RENDER_IMAGES = 100_000
 
-FORMAT_VERSION = 1
-# Random-stream tags mixed into the seed of every numpy Generator (the builder
-# uses the first two). Changing one changes every corpus.
-STREAM_CLASSES, STREAM_RENDER, STREAM_COLOUR, STREAM_SPLIT = 1, 2, 3, 4
 _SPEC_KEYS = {"classes": "num_classes", "per_class": "per_class", "size": "image_size",
               "seed": "seed"}
-
-
-def class_name(codepoint: int) -> str:
-    """``"U+0041 A"``: the codepoint and the character."""
-    return f"U+{codepoint:04X} {chr(codepoint)}"
-
-
-class GlyphCorpus(NamedTuple):
-    """Rendered glyph masks.
-
-    Attributes:
-      masks: ``(N, S, S)`` uint8 coverage (0 = background, 255 = ink).
-      labels: ``(N,)`` int32 class ids; samples are ordered class by class.
-      chars: the character of each class.
-      font_names: the font each sample was drawn with (length N; the file
-        name, or the full path where two fonts share a file name).
-    """
-
-    masks: np.ndarray
-    labels: np.ndarray
-    chars: list[str]
-    font_names: list[str]
-
-
-def corpus_filename(num_classes: int, per_class: int, image_size: int, seed: int) -> str:
-    """``glyphs-c1000-n64-s32-seed0.npz`` for the default corpus."""
-    return f"glyphs-c{num_classes}-n{per_class}-s{image_size}-seed{seed}.npz"
-
-
-def default_corpus_path(
-    num_classes: int = DEFAULT_NUM_CLASSES,
-    per_class: int = DEFAULT_PER_CLASS,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    seed: int = DEFAULT_SEED,
-    cache_dir: str | os.PathLike | None = None,
-) -> Path:
-    """``<cache>/glyphs/<corpus_filename>``; cache: ``cache_dir``, else
-    ``$MGDD_JAX_CACHE``, else ``~/.cache/mgdd_jax`` (as for the ZCA cache)."""
-    name = corpus_filename(num_classes, per_class, image_size, seed)
-    return resolve_cache_dir(cache_dir) / CACHE_SUBDIR / name
 
 
 def load_corpus(path: str | os.PathLike) -> tuple[GlyphCorpus, dict[str, Any]]:
     """Reads a corpus file; returns it and its manifest.
 
-    The file is written by :func:`mgdd_jax.glyph_corpus.save_corpus`. A corrupt,
-    foreign or outdated file is a :class:`ValueError` naming :data:`MAKE_COMMAND`.
+    The file is written by :func:`mgdd_jax.glyph_corpus.save_corpus` in the layout of
+    :mod:`mgdd_jax.data.glyph_format`. A corrupt, foreign or outdated file is a
+    :class:`ValueError` naming :data:`~mgdd_jax.data.glyph_format.BUILD_COMMAND`.
     """
     path = Path(path).expanduser()
-    remake = f"delete it and run `{MAKE_COMMAND}` again"
+    remake = f"delete it and run `{BUILD_COMMAND}` again"
     try:
         with np.load(path, allow_pickle=False) as f:
             contents = {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} is not a readable glyph corpus ({e}); {remake}") from e
-    missing = {"masks", "labels", "chars", "font_list", "font_ids", "manifest"} - set(contents)
+    missing = set(ARRAY_KEYS) - set(contents)
     if missing:
         raise ValueError(f"{path} lacks {sorted(missing)}: not a glyph corpus; {remake}")
     masks, labels = contents["masks"], contents["labels"]
@@ -195,28 +157,6 @@ def split_per_class(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-@dataclasses.dataclass(frozen=True)
-class CorpusSpec:
-    """Which corpus a dataset name asks for."""
-
-    num_classes: int = DEFAULT_NUM_CLASSES
-    per_class: int = DEFAULT_PER_CLASS
-    image_size: int = DEFAULT_IMAGE_SIZE
-    seed: int = DEFAULT_SEED
-
-    @property
-    def filename(self) -> str:
-        return corpus_filename(self.num_classes, self.per_class, self.image_size, self.seed)
-
-    @property
-    def command(self) -> str:
-        """The command that makes this corpus in the default cache."""
-        flags = [f"--{field.name}={getattr(self, field.name)}"
-                 for field in dataclasses.fields(self)
-                 if getattr(self, field.name) != field.default]
-        return " ".join([MAKE_COMMAND, *flags])
-
-
 def parse_spec(spec: str) -> CorpusSpec:
     """``""``/``"glyphs"`` -> the default; ``"classes=200,per_class=32,size=32,seed=1"``."""
     if spec in ("", "glyphs"):
@@ -236,11 +176,6 @@ def parse_spec(spec: str) -> CorpusSpec:
         if getattr(corpus, field) < 1:
             raise ValueError(f"bad glyph corpus spec {spec!r}: {field} must be >= 1")
     return corpus
-
-
-def corpus_key(seed: int) -> jax.Array:
-    """The key a corpus with this seed is made from (threefry2x32, pinned)."""
-    return jax.random.key(seed, impl="threefry2x32")
 
 
 def raw_data_from_corpus(corpus: GlyphCorpus, seed: int) -> RawData:
@@ -271,10 +206,10 @@ def load_glyphs(spec: str, data_dir: str | None) -> RawData:
     ``data_dir/glyphs/<file>`` or ``data_dir/<file>``; without ``data_dir``,
     ``<cache>/glyphs/<file>`` ($MGDD_JAX_CACHE or ~/.cache/mgdd_jax). A missing
     file in the cache is rendered there from the installed fonts (if at most
-    :data:`MAX_AUTO_RENDER_IMAGES` images; the default takes under a minute),
-    by :func:`mgdd_jax.glyph_corpus.make_corpus`, imported only then; a missing
-    file under ``data_dir``, or a larger one, is a :class:`DatasetNotFoundError`
-    naming the ``python -m experiments.make_glyphs`` command that makes it.
+    :data:`MAX_AUTO_RENDER_IMAGES` images) by :func:`mgdd_jax.glyph_corpus.make_corpus`,
+    the one place this module imports the builder; a missing file under ``data_dir``,
+    or a larger one, is a :class:`DatasetNotFoundError` naming the
+    ``python -m mgdd_jax.glyph_corpus`` command that makes it.
     """
     corpus_spec = parse_spec(spec)
     if data_dir is not None:
@@ -296,23 +231,29 @@ def load_glyphs(spec: str, data_dir: str | None) -> RawData:
                 f"/usr/share/fonts (more classes: `{FONT_INSTALL_HINT}`)."
             )
         path = candidates[0]
-        logger.warning(
-            "glyph corpus %s not found: rendering it now from the installed fonts (%d images, "
-            "once; equivalent to `%s`)", path, n_images, corpus_spec.command,
-        )
-        # Lazy: the builder (Pillow, fontTools) is needed only to render.
-        from mgdd_jax import glyph_corpus
-
-        start = time.perf_counter()
-        try:
-            glyph_corpus.make_corpus(corpus_spec, path, font_dirs=glyph_corpus.DEFAULT_FONT_DIRS)
-        except DatasetNotFoundError as e:
-            raise DatasetNotFoundError(
-                f"glyph corpus {path} not found and cannot be rendered here: {e}. Make it on a "
-                f"machine with fonts using `{corpus_spec.command}` and copy it to {path} (or "
-                "pass --data_dir=PATH)."
-            ) from e
-        logger.warning("rendered glyph corpus %s in %.1f s", path, time.perf_counter() - start)
+        _render_into_cache(corpus_spec, path)
     corpus, manifest = load_corpus(path)
     seed = manifest.get("seed")
     return raw_data_from_corpus(corpus, DEFAULT_SEED if seed is None else int(seed))
+
+
+def _render_into_cache(corpus_spec: CorpusSpec, path: Path) -> None:
+    """Renders a missing small corpus to ``path`` with the builder, imported only here (it
+    needs Pillow and fontTools; reading a corpus does not)."""
+    from mgdd_jax import glyph_corpus
+
+    n_images = corpus_spec.num_classes * corpus_spec.per_class
+    logger.warning(
+        "glyph corpus %s not found: rendering it now from the installed fonts (%d images, "
+        "once; equivalent to `%s`)", path, n_images, corpus_spec.command,
+    )
+    start = time.perf_counter()
+    try:
+        glyph_corpus.make_corpus(corpus_spec, path, font_dirs=glyph_corpus.DEFAULT_FONT_DIRS)
+    except DatasetNotFoundError as e:
+        raise DatasetNotFoundError(
+            f"glyph corpus {path} not found and cannot be rendered here: {e}. Make it on a "
+            f"machine with fonts using `{corpus_spec.command}` and copy it to {path} (or "
+            "pass --data_dir=PATH)."
+        ) from e
+    logger.warning("rendered glyph corpus %s in %.1f s", path, time.perf_counter() - start)

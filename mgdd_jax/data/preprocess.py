@@ -4,7 +4,7 @@ ZCA matrices are expensive to fit for large images (a ``d x d`` covariance and
 its eigendecomposition), so they are cached on disk, keyed by a hash of the
 dataset name, the exact standardised train array and ``zca_reg``. The cache
 lives in ``cache_dir``, else ``$MGDD_JAX_CACHE``, else ``~/.cache/mgdd_jax``;
-files are written atomically, and an unusable cache only produces a warning.
+files are written atomically, and an unusable cache only logs a warning.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import re
-import warnings
 from pathlib import Path
 
 import jax
@@ -123,10 +122,10 @@ def _read_cached(path: Path, d: int) -> np.ndarray | None:
     try:
         matrix = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        warnings.warn(f"ignoring unreadable ZCA cache file {path} ({e}); refitting", UserWarning)
+        logger.warning("ignoring unreadable ZCA cache file %s (%s); refitting", path, e)
         return None
     if matrix.shape != (d, d) or matrix.dtype != np.float32 or not np.all(np.isfinite(matrix)):
-        warnings.warn(f"ignoring invalid ZCA cache file {path}; refitting", UserWarning)
+        logger.warning("ignoring invalid ZCA cache file %s; refitting", path)
         return None
     return matrix
 
@@ -146,8 +145,8 @@ def cached_fit_zca(
     """:func:`fit_zca` through the on-disk cache.
 
     A cache hit returns the stored matrix without refitting. If the cache
-    directory cannot be created or written, a :class:`UserWarning` is issued
-    and the freshly fitted matrix is returned anyway.
+    directory cannot be created or written, a warning is logged and the
+    freshly fitted matrix is returned anyway.
     """
     d = int(np.prod(x_std.shape[1:]))
     path = zca_cache_path(name, x_std, zca_reg, cache_dir)
@@ -160,11 +159,9 @@ def cached_fit_zca(
         _write_atomically(path, matrix)
         logger.info("ZCA matrix cached at %s", path)
     except OSError as e:
-        warnings.warn(
-            f"could not write the ZCA cache file {path} ({e}); continuing without caching. "
-            f"Pass a writable cache_dir or set {CACHE_ENV_VAR}.",
-            UserWarning,
-            stacklevel=2,
+        logger.warning(
+            "could not write the ZCA cache file %s (%s); continuing without caching. Pass a "
+            "writable cache_dir or set %s.", path, e, CACHE_ENV_VAR,
         )
     return matrix
 

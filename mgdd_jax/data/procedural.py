@@ -28,10 +28,9 @@ mixes with ``glyphs`` (``mix:glyphs+procedural``, :mod:`mgdd_jax.data.sources`).
 
 Names: ``procedural`` (all three kinds, 1000 classes x 64 samples, 32x32, seed 0) or
 ``procedural:kinds=fractal/texture,classes=C,per_class=N,size=S,seed=K`` (any subset of the
-keys). Generation is vectorised per class in NumPy (on the 2-core CPU: ~0.06 s per fractal,
-~0.1 s per dead-leaves and ~5 ms per texture class of 64 samples; under a minute for the
-default) and deterministic: every draw comes from :func:`mgdd_jax.rng.numpy_rng` of an explicit key,
-the stream of the kind and the class index, so a class does not depend on the others.
+keys). Generation is vectorised per class in NumPy and deterministic: every draw comes from
+:func:`mgdd_jax.rng.numpy_rng` of an explicit key, the stream of the kind and the class index,
+so a class does not depend on the others.
 """
 
 from __future__ import annotations

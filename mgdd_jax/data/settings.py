@@ -11,8 +11,7 @@ another class or none (digits, glyphs, EMNIST, KMNIST, SVHN digits, USPS).
 :func:`settings_for` looks a name up exactly as :func:`mgdd_jax.data.load_dataset` takes it
 (``"fashion_mnist"``, ``"tfds:mnist"``, ``"glyphs:classes=20,per_class=50"``,
 ``"npz:/path/x.npz"``); names not listed fall back to their prefix row (``"tfds:*"``,
-``"glyphs:*"``, ``"npz:*"``) and then to ``"default"``. ``experiments/configs/datasets.py``
-re-exports this table for the launchers.
+``"glyphs:*"``, ``"npz:*"``) and then to ``"default"``.
 """
 
 from __future__ import annotations

@@ -451,8 +451,8 @@ def load_mix(spec: str, data_dir: str | None) -> RawData:
     Source ``i``'s classes become ``offset_i .. offset_i + C_i - 1`` (offset: the classes
     before it) and keep their names prefixed ``"<source>/"``; each keeps its own train/test
     split. The parts are loaded with the same ``data_dir`` and must agree in image shape and
-    dtype (e.g. the 32x32 RGB uint8 of ``glyphs`` and ``procedural``). A meta-training source
-    made of several kinds of classes (issue 10 item 5).
+    dtype (e.g. the 32x32 RGB uint8 of ``glyphs`` and ``procedural``): a meta-training source
+    made of several kinds of classes.
     """
     names = [n.strip() for n in spec.split(MIX_SEP)]
     if len(names) < 2 or not all(names) or len(set(names)) != len(names):

@@ -29,14 +29,17 @@ Pipeline:
    compressed ``.npz`` with a JSON manifest, written atomically;
    :func:`make_corpus` does steps 1-5 in one call.
 
-Reading a corpus (:func:`mgdd_jax.data.glyphs.load_corpus`) and turning it into
-RGB train/test splits (the ``glyphs`` data source) belong to
-:mod:`mgdd_jax.data.glyphs`, which defines the file format and imports this
-package only to render a missing small corpus on first use.
+The file format (names, arrays, manifest version, random streams) is
+:mod:`mgdd_jax.data.glyph_format`, shared with the reader: reading a corpus and
+turning it into RGB train/test splits (the ``glyphs`` data source) belong to
+:mod:`mgdd_jax.data.glyphs`, which imports this package only to render a missing
+small corpus on first use.
 
 Make the default corpus (1000 classes x 64 samples, 32x32) with::
 
-    python -m experiments.make_glyphs
+    python -m mgdd_jax.glyph_corpus
+
+(:mod:`mgdd_jax.glyph_corpus.cli`; ``--help`` lists the flags).
 
 Every random draw comes from numpy Generators seeded by
 :func:`mgdd_jax.rng.numpy_rng` from the key data of an explicit ``jax.random``
@@ -45,7 +48,8 @@ depend on JAX's PRNG configuration flags nor on the order in which classes are
 rendered.
 """
 
-from mgdd_jax.data.glyphs import (
+from mgdd_jax.data.glyph_format import (
+    BUILD_COMMAND,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_NUM_CLASSES,
     DEFAULT_PER_CLASS,
@@ -56,7 +60,6 @@ from mgdd_jax.data.glyphs import (
     class_name,
     corpus_key,
     default_corpus_path,
-    load_corpus,
 )
 from mgdd_jax.glyph_corpus.build import make_corpus, make_manifest, save_corpus
 from mgdd_jax.glyph_corpus.charset import (
@@ -76,6 +79,7 @@ from mgdd_jax.glyph_corpus.fonts import (
 from mgdd_jax.glyph_corpus.render import RenderParams, render_glyph_corpus
 
 __all__ = [
+    "BUILD_COMMAND",
     "DEFAULT_FONT_DIRS",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_MIN_FONTS",
@@ -95,7 +99,6 @@ __all__ = [
     "font_labels",
     "font_record",
     "is_eligible_character",
-    "load_corpus",
     "make_corpus",
     "make_manifest",
     "no_fonts_message",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,12 +11,15 @@ from typing import Any
 import numpy as np
 
 from mgdd_jax.data.errors import DatasetNotFoundError
-from mgdd_jax.data.glyphs import (
+from mgdd_jax.data.glyph_format import (
     FORMAT_VERSION,
     CorpusSpec,
     GlyphCorpus,
     class_name,
+    corpus_arrays,
     corpus_key,
+    manifest_path,
+    manifest_text,
 )
 from mgdd_jax.glyph_corpus.charset import DEFAULT_MIN_FONTS, scan_charset
 from mgdd_jax.glyph_corpus.fonts import (
@@ -65,32 +67,21 @@ def make_manifest(
     }
 
 
-
 def save_corpus(path: str | os.PathLike, corpus: GlyphCorpus, manifest: dict[str, Any]) -> Path:
     """Writes the masks, labels, fonts and manifest to ``path`` (compressed ``.npz``).
 
-    Both ``path`` and a human-readable ``<path minus .npz>.json`` copy of the
-    manifest are written atomically with :func:`mgdd_jax.outputs.atomic_path`
-    (temporary file, fsync, then ``os.replace``; permissions ``0666 & ~umask``).
+    The arrays are :func:`mgdd_jax.data.glyph_format.corpus_arrays`. Both ``path`` and a
+    human-readable copy of the manifest (:func:`~mgdd_jax.data.glyph_format.manifest_path`)
+    are written atomically with :func:`mgdd_jax.outputs.atomic_path` (temporary file,
+    fsync, then ``os.replace``; permissions ``0666 & ~umask``).
     """
     path = Path(path).expanduser()
-    font_list = sorted(set(corpus.font_names))
-    index = {n: i for i, n in enumerate(font_list)}
-    text = json.dumps(manifest, indent=1, ensure_ascii=False)
-    arrays = {
-        "masks": np.asarray(corpus.masks, np.uint8),
-        "labels": np.asarray(corpus.labels, np.int32),
-        "chars": np.array(corpus.chars, dtype=str),
-        "font_list": np.array(font_list, dtype=str),
-        "font_ids": np.array([index[n] for n in corpus.font_names], dtype=np.int16),
-        "manifest": np.array(text),
-    }
+    arrays = corpus_arrays(corpus, manifest)
     with atomic_path(os.fspath(path), ".npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
-    with atomic_path(os.fspath(path.with_suffix(".json")), ".json") as tmp, open(tmp, "wb") as f:
-        f.write(text.encode())
+    with atomic_path(os.fspath(manifest_path(path)), ".json") as tmp, open(tmp, "wb") as f:
+        f.write(manifest_text(manifest).encode())
     return path
-
 
 
 def make_corpus(
@@ -102,10 +93,10 @@ def make_corpus(
     params: RenderParams = DEFAULT_RENDER_PARAMS,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Finds fonts, renders ``spec`` with ``jax.random.key(seed)`` and saves it to ``out``.
+    """Finds fonts, renders ``spec`` with :func:`~mgdd_jax.data.glyph_format.corpus_key`
+    (a pinned threefry2x32 ``jax.random.key(seed)``) and saves it to ``out``.
 
-    The key is a threefry2x32 key (pinned, so that the corpus is the same under
-    any JAX PRNG configuration). Returns the path and the manifest.
+    Returns the path and the manifest.
     """
     fonts = find_fonts(font_dirs)
     if not fonts:

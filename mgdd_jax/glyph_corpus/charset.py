@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from mgdd_jax.data.errors import DatasetNotFoundError
-from mgdd_jax.data.glyphs import FONT_INSTALL_HINT, STREAM_CLASSES
+from mgdd_jax.data.glyph_format import FONT_INSTALL_HINT, STREAM_CLASSES
 from mgdd_jax.glyph_corpus.fonts import font_cmap, load_font, pil
 from mgdd_jax.rng import numpy_rng
 
@@ -192,8 +192,7 @@ def scan_charset(
     by the most fonts (then the lowest codepoint). Finally, characters that look
     like a digit 0-9 are dropped (see :data:`DIGIT_LOOKALIKE_MEDIAN`).
 
-    Fonts are ordered by file name (then path). Takes about 3 s for DejaVu's
-    22 fonts, 9 s with Noto core's 268 on top (one core).
+    Fonts are ordered by file name (then path).
     """
     if isinstance(min_fonts, bool) or not isinstance(min_fonts, int) or min_fonts < 1:
         raise ValueError(f"min_fonts must be an integer >= 1, got {min_fonts!r}")

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mgdd_jax.data.glyphs import FONT_INSTALL_HINT
+from mgdd_jax.data.glyph_format import FONT_INSTALL_HINT
 
 logger = logging.getLogger(__name__)
 

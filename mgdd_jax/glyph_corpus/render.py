@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from mgdd_jax.data.errors import DatasetNotFoundError
-from mgdd_jax.data.glyphs import DEFAULT_IMAGE_SIZE, STREAM_RENDER, GlyphCorpus
+from mgdd_jax.data.glyph_format import DEFAULT_IMAGE_SIZE, STREAM_RENDER, GlyphCorpus
 from mgdd_jax.glyph_corpus.charset import (
     DEFAULT_MIN_FONTS,
     Charset,
