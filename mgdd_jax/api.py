@@ -210,6 +210,26 @@ class Distiller:
             outputs.write_json(os.path.join(tmp, "distiller.json"), meta)
         return path
 
+    def export(self, directory: str, ipc: int, *, key: chex.PRNGKey | None = None,
+               protocol: str | evaluate_lib.EvalProtocol | None = None,
+               recorded_accuracy: dict[str, Any] | None = None,
+               init_key: chex.PRNGKey | None = None, overwrite: bool = False) -> str:
+        """Write the set of ``ipc`` images per class as a portable folder (docs/export.md).
+
+        The folder of ``mgdd-jax export`` (:func:`mgdd_jax.export.write_set`): PNGs, the exact
+        float32 pixels, labels, preprocessing, evaluation protocol and key. ``key`` is the
+        evaluation key recorded for re-evaluation (default ``jax.random.key(0)``);
+        ``recorded_accuracy``, an :func:`evaluate` result measured with ``key`` on this set,
+        is stored with it (and its protocol used unless ``protocol`` is given; default
+        ``"cpu"``). ``init_key`` draws a new initial set, as in :meth:`generate`.
+        """
+        from mgdd_jax import export as export_lib
+
+        return export_lib.export_distiller(self, directory, _check_ipc(ipc), key=key,
+                                           protocol=protocol,
+                                           recorded_accuracy=recorded_accuracy,
+                                           init_key=init_key, overwrite=overwrite)
+
 
 def load(path: str) -> Distiller:
     """Read a :meth:`Distiller.save` directory back."""

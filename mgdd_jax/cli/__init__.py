@@ -6,15 +6,19 @@ Commands:
   shipped meta generator, every requested IPC, evaluation. ``--config`` takes a built-in
   variant by name (``--config=smoke``, ``--config=paper``, ``--config=size=paper,eval=cpu``)
   or a config file (``--config=path.py:variant``); every field is ``--config.x=...``.
+* ``export``: a run's set as a portable folder (:mod:`mgdd_jax.cli.export`,
+  ``--run=DIR --ipc=K --to=DIR2``; docs/export.md).
+* ``reevaluate``: train the protocol's networks on an exported folder again
+  (:mod:`mgdd_jax.cli.reevaluate`, ``DIR [--from_png]``).
 
-``mgdd-jax distill --helpfull`` lists the flags.
+``mgdd-jax COMMAND --helpfull`` lists the flags.
 """
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = ("distill",)
+COMMANDS = ("distill", "export", "reevaluate")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,8 +28,9 @@ def main(argv: list[str] | None = None) -> None:
         given = argv[1] if len(argv) > 1 else None
         print(f"usage: mgdd-jax {{{','.join(COMMANDS)}}} [flags]; "
               + (f"unknown command {given!r}" if given else "no command given")
-              + " (mgdd-jax distill --helpfull lists the flags)", file=sys.stderr)
+              + " (mgdd-jax COMMAND --helpfull lists the flags)", file=sys.stderr)
         sys.exit(2)
-    from mgdd_jax.cli import distill
+    import importlib
 
-    distill.launch([f"mgdd-jax {argv[1]}", *argv[2:]])
+    command = importlib.import_module(f"mgdd_jax.cli.{argv[1]}")
+    command.launch([f"mgdd-jax {argv[1]}", *argv[2:]])
