@@ -509,6 +509,7 @@ def test_unknown_dataset_lists_options():
     assert not hasattr(data, "available_datasets")  # one list: the registry's
     assert sources.available_datasets() == [
         "digits", "fashion_mnist", "glyphs", "procedural", "glyphs:classes=C,per_class=N",
+        "images:DIR,size=N,color=grey|rgb",
         "mix:NAME+NAME", "npz:PATH", "procedural:kinds=fractal/deadleaves/texture,classes=C",
         "tfds:NAME",
     ]

@@ -12,11 +12,19 @@ another class or none (digits, glyphs, EMNIST, KMNIST, SVHN digits, USPS).
 (``"fashion_mnist"``, ``"tfds:mnist"``, ``"glyphs:classes=20,per_class=50"``,
 ``"npz:/path/x.npz"``); names not listed fall back to their prefix row (``"tfds:*"``,
 ``"glyphs:*"``, ``"npz:*"``) and then to ``"default"``.
+
+Your own data can set its evaluation setting in its name: ``images:DIR,...,flip=0|1`` and
+``npz:PATH,flip=0|1`` (:func:`mgdd_jax.data.images.flip_option`) override the row's ``flip``.
+``images:`` does not flip by default: a mirrored digit, letter or sign is another class or
+none, and the loader cannot tell what the images show (``flip=1`` for photos of objects).
+``npz:`` keeps the flips it always had (``flip=0`` for MNIST-like arrays).
 """
 
 from __future__ import annotations
 
 import dataclasses
+
+from mgdd_jax.data import images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +60,8 @@ DATASET_SETTINGS: dict[str, DatasetSettings] = {
     "tfds:imagenet_resized/32x32": DatasetSettings(zca=False, image_size=0, flip=True),
     "tfds:*": DatasetSettings(zca=False, image_size=0, flip=True),
     "npz:*": DatasetSettings(zca=False, image_size=0, flip=True),
+    # a folder of your own images (images:DIR,size=N,...): resized by the loader itself
+    "images:*": DatasetSettings(zca=False, image_size=0, flip=images.DEFAULT_FLIP),
     "default": DatasetSettings(zca=False, image_size=0, flip=True),
 }
 
@@ -60,10 +70,17 @@ def settings_for(name: str) -> DatasetSettings:
     """The row of dataset ``name``: exact name, else its ``prefix:*`` row, else ``default``.
 
     TFDS names with a config or version (``"tfds:emnist/letters"``, ``"tfds:mnist:3.0.1"``)
-    use their base name's row.
+    use their base name's row. A ``flip=0|1`` option of an ``images:`` or ``npz:`` name
+    replaces the row's ``flip``.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+    row = _row_for(name)
+    flip = images.flip_option(name)
+    return row if flip is None else dataclasses.replace(row, flip=flip)
+
+
+def _row_for(name: str) -> DatasetSettings:
     name = name.split("#classes=", 1)[0]  # a class subset has its dataset's settings
     if name in DATASET_SETTINGS:
         return DATASET_SETTINGS[name]

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mgdd_jax.data import glyphs, idx, procedural
+from mgdd_jax.data import glyphs, idx, images, procedural
 from mgdd_jax.data.dataset import RawData
 from mgdd_jax.data.errors import DatasetNotFoundError
 
@@ -296,7 +296,9 @@ def load_npz(spec: str, data_dir: str | None) -> RawData:
     float in [0, 1], channels-last NHWC or NHW (grayscale), at least 4 pixels
     high (:func:`mgdd_jax.data.load_dataset` refuses channels-first arrays such
     as ``(N, 1, 28, 28)``, see :func:`mgdd_jax.data.validation.check_image_layout`).
-    A relative path is resolved against ``data_dir`` when one is given.
+    A relative path is resolved against ``data_dir`` when one is given. ``npz:PATH,flip=0``
+    turns horizontal flips off in the evaluation protocol (default on; read by
+    :func:`mgdd_jax.data.settings.settings_for`).
 
     Raises:
       DatasetNotFoundError: the file does not exist.
@@ -305,6 +307,8 @@ def load_npz(spec: str, data_dir: str | None) -> RawData:
     """
     if not spec:
         raise ValueError("'npz:' needs a file path, e.g. 'npz:/data/my_set.npz'")
+    images.flip_option("npz:" + spec)  # a bad or unknown option fails here
+    spec = images.split_options(spec, "npz:", images.NPZ_OPTION_KEYS)[0]
     path = Path(spec).expanduser()
     if not path.is_absolute() and data_dir is not None:
         path = Path(data_dir).expanduser() / path
@@ -485,6 +489,7 @@ NAMED_SOURCES: dict[str, SourceLoader] = {
 }
 PREFIX_SOURCES: dict[str, SourceLoader] = {
     "glyphs:": glyphs.load_glyphs,
+    "images:": images.load_images,
     "mix:": load_mix,
     "npz:": load_npz,
     "procedural:": procedural.load_procedural,
@@ -492,6 +497,7 @@ PREFIX_SOURCES: dict[str, SourceLoader] = {
 }
 _PREFIX_EXAMPLES = {
     "glyphs:": "glyphs:classes=C,per_class=N",
+    "images:": "images:DIR,size=N,color=grey|rgb",
     "mix:": "mix:NAME+NAME",
     "npz:": "npz:PATH",
     "procedural:": "procedural:kinds=fractal/deadleaves/texture,classes=C",
@@ -522,7 +528,8 @@ def resolve_source(name: str) -> tuple[SourceLoader, str]:
     raise ValueError(
         f"unknown dataset {name!r}; available: {', '.join(available_datasets())} "
         "(e.g. 'tfds:cifar10' for any prepared TensorFlow Datasets image-classification "
-        "set, 'npz:/path/arrays.npz' for your own arrays)"
+        "set, 'npz:/path/arrays.npz' for your own arrays, 'images:/path/folder' for a "
+        "folder of images with one sub-folder per class)"
     )
 
 
