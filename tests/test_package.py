@@ -79,3 +79,25 @@ def test_the_wheel_holds_the_package_and_its_generator_only(tmp_path):
     assert any(n.endswith("/meta/metadata") for n in assets)
     assert not [n for n in names if "opt_state" in n or "results/" in n or "/v1/" in n]
     assert "mgdd_jax/configs/distill.py" in names and "mgdd_jax/py.typed" in names
+
+
+def test_the_console_script_is_declared():
+    from importlib import metadata
+
+    (ep,) = [e for e in metadata.entry_points(group="console_scripts") if e.name == "mgdd-jax"]
+    assert ep.value == "mgdd_jax.cli:main"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "mgdd_jax"], ["mgdd-jax"]])
+def test_the_installed_command_runs_the_main_job_on_smoke(tmp_path, command):
+    if command == ["mgdd-jax"] and shutil.which("mgdd-jax") is None:
+        pytest.skip("the console script is on PATH only after pip install")
+    out = tmp_path / "run"
+    res = subprocess.run([*command, "distill", "--config=smoke", "--dataset=digits", "--ipc=2",
+                          "--config.eval.enabled=False", f"--out={out}"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "ipc2.npz").is_file()
+    bad = subprocess.run([*command, "distil"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown command 'distil'" in bad.stderr
