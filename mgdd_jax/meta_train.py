@@ -7,12 +7,12 @@ Alg. 2's), in two calls, validation separated from work::
                                                  # raises ValueError & co, writes nothing
     result = meta_train.train(prep)              # the work
 
-``config`` is the tree of ``experiments/configs/meta_glyphs.py`` (an ``ml_collections``
-``ConfigDict`` or nested dicts with the same keys): ``source``, ``data_dir``, ``image_size``,
-``seed``, ``multihost``, ``progress``, ``max_seconds``, ``log_every``, ``checkpoint_every``,
-``keep_checkpoints`` and the subtrees ``generator`` (:class:`GeneratorConfig` without
-``image_channels``, which comes from the data), ``feature`` (θ, θ*), ``meta``
-(:class:`~mgdd_jax.meta.MetaConfig`), ``distributed``
+``config`` is a run config (an ``ml_collections`` ``ConfigDict`` or nested dicts; the
+launcher's config files are examples) with exactly these keys: ``source``, ``data_dir``,
+``image_size``, ``seed``, ``multihost``, ``progress``, ``max_seconds``, ``log_every``,
+``checkpoint_every``, ``keep_checkpoints`` and the subtrees ``generator``
+(:class:`GeneratorConfig` without ``image_channels``, which comes from the data), ``feature``
+(θ, θ*), ``meta`` (:class:`~mgdd_jax.meta.MetaConfig`), ``distributed``
 (:class:`~mgdd_jax.multihost.MultihostConfig`, used with ``multihost``) and ``val``
 (:class:`~mgdd_jax.meta_val.ValConfig`: the validation bank the run is judged by, scored every
 ``val.every`` steps and logged as ``val_loss``, ``val_identity``, ``val_gap``, ``val_ratio``;
@@ -20,16 +20,16 @@ it does not change the training, so it is not part of the resume check; ``val.so
 it from another dataset, to measure transfer).
 
 The workdir holds ``config.json``, ``metrics.jsonl`` (one line per logged step),
-``loss_curve.png``, ``run_until_step{N}.json`` (the run summary) and ``checkpoints/``
-(:func:`mgdd_jax.checkpoint.save_train_state`: the generator ``params``, the optimiser state
-``opt_state`` and the JSON ``meta``, so it is also a generator checkpoint). Running again with
-the same workdir resumes from the latest checkpoint, after checking that it was made with the
-same config (:func:`mgdd_jax.checkpoint.check_config_matches`); step ``i`` draws its tasks and
-networks from ``fold_in(key, i)`` (:func:`mgdd_jax.meta.step_inputs`), so a resumed run
-continues the same random stream. A background thread (:class:`mgdd_jax.meta.Prefetcher`)
-samples and places step ``i+1``'s tasks while step ``i`` runs: the same batches in the same
-order, off the critical path. SIGTERM
-(preemption) saves the current step before returning.
+``loss_curve.png`` (:mod:`mgdd_jax.meta_plots`), ``run_until_step{N}.json`` (the run
+summary) and ``checkpoints/`` (:func:`mgdd_jax.checkpoint.save_train_state`: the generator
+``params``, the optimiser state ``opt_state`` and the JSON ``meta``, so it is also a
+generator checkpoint). Running again with the same workdir resumes from the latest
+checkpoint, after checking that it was made with the same config
+(:func:`mgdd_jax.checkpoint.check_config_matches`); step ``i`` draws its tasks and networks
+from ``fold_in(key, i)`` (:func:`mgdd_jax.meta.step_inputs`), so a resumed run continues the
+same random stream. A background thread (:class:`mgdd_jax.meta.Prefetcher`) samples and
+places step ``i+1``'s tasks while step ``i`` runs: the same batches in the same order, off
+the critical path. SIGTERM (preemption) saves the current step before returning.
 
 With ``multihost`` (one process per host, every one running the same command),
 :func:`prepare` joins the processes (:func:`mgdd_jax.multihost.initialize`: bounded waits,
@@ -45,12 +45,13 @@ heartbeat check within ``distributed.heartbeat_timeout_s``); rerunning all of th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -58,7 +59,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mgdd_jax import checkpoint, data, meta, meta_val, multihost, outputs
+from mgdd_jax import checkpoint, data, meta, meta_plots, meta_val, multihost, outputs
+from mgdd_jax.configs.keys import check_keys
 from mgdd_jax.data import settings as data_settings
 from mgdd_jax.generator import GeneratorConfig, init_generator, random_generator
 from mgdd_jax.progress import Progress, stage
@@ -168,12 +170,9 @@ def loop_config(config: Mapping[str, Any]) -> LoopConfig:
 
 
 def _check_fields(config: Mapping[str, Any]) -> None:
-    want = set(RUN_FIELDS) | set(SUBTREES)
-    missing = sorted(want - set(config.keys()))
-    unknown = sorted(set(config.keys()) - want)
-    if missing or unknown:
-        raise ValueError(f"the meta-training config must hold exactly {sorted(want)}; "
-                         f"missing {missing}, unknown {unknown}")
+    check_keys(config.keys(), (*RUN_FIELDS, *SUBTREES), "the meta-training config",
+               f"it holds the run fields {', '.join(RUN_FIELDS)} and the subtrees "
+               f"{', '.join(SUBTREES)}, and no other key")
 
 
 def _resume_view(ckpt_meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -322,35 +321,6 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def plot_loss_curve(rows: list[dict[str, Any]], path: str) -> None:
-    """The meta-test and inner losses of ``metrics.jsonl`` rows over steps, as a PNG; with
-    validation rows, a second panel: the bank's ``val_gap`` (ω minus identity after K
-    adaptation steps; below 0 = adapting from ω is ahead)."""
-    plt = outputs.pyplot()
-    val_rows = [r for r in rows if "val_gap" in r]
-    fig, axes = plt.subplots(1, 2 if val_rows else 1, figsize=(11 if val_rows else 6, 3.5),
-                             squeeze=False, layout="constrained")
-    ax = axes[0, 0]
-    for k, label in (("meta_loss", "meta-test loss (Alg. 1 l. 17)"),
-                     ("inner_loss_first", "inner loss, first step"),
-                     ("inner_loss_last", "inner loss, last step")):
-        pts = [(r["step"], r[k]) for r in rows if k in r]
-        if pts:
-            ax.plot(*zip(*pts), label=label, lw=1)
-    ax.set_xlabel("meta step")
-    ax.set_ylabel("Eq. 1 loss")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    if val_rows:
-        ax2 = axes[0, 1]
-        ax2.plot([r["step"] for r in val_rows], [r["val_gap"] for r in val_rows], "o-", lw=1)
-        ax2.axhline(0.0, color="gray", lw=1, ls=":")
-        ax2.set_xlabel("meta step")
-        ax2.set_ylabel("val_gap (ω − identity)")
-        ax2.set_title("validation bank, loss after K adaptation steps", fontsize=9)
-    outputs.save_figure(fig, path)
-
-
 def _truncate_metrics(path: str, start: int) -> None:
     """Drop metric lines beyond the restored step (written after the last checkpoint)."""
     rows = [r for r in outputs.read_jsonl(path) if r["step"] <= start]
@@ -358,40 +328,75 @@ def _truncate_metrics(path: str, start: int) -> None:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
-    """Run (or resume) meta-training until ``meta.steps``, SIGTERM or ``max_seconds``.
+@dataclasses.dataclass
+class _Validation:
+    """The validation bank's scorer and its scores at the start (all None without a bank).
 
-    Args:
-      prep: :func:`prepare`'s result.
-      stop_after: stop (with a checkpoint) after this many steps of *this* call; for tests
-        of resumption and for time-boxed runs.
+    Attributes:
+      score: :func:`mgdd_jax.meta_val.make_scorer`'s function.
+      identity: the identity generator's bank score (the reference of ``val_gap``).
+      at_start: ω's bank score at meta step 0 (the identity's unless ``meta.init="random"``).
+      seconds: time spent scoring the bank so far.
+    """
 
-    Returns:
-      The run summary (also ``run_until_step{N}.json``): ``step``, ``seconds``,
-      ``seconds_per_step``, ``last_metrics``, ``preempted``, ``device``, ``num_devices``.
+    score: Callable[[Any, Mapping[str, Any]], Any] | None = None
+    identity: float | None = None
+    at_start: float | None = None
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class _Run:
+    """One :func:`train` call's state: made by :func:`_restore`, advanced by :func:`_loop`,
+    summarised by :func:`_finish`.
+
+    Attributes:
+      state: the meta state (``{"params", "opt_state", "step"}``, replicated).
+      mngr: the open checkpoint manager of ``prep.checkpoint_dir``.
+      start: the step the call started from (0, or the checkpoint it resumed).
+      done: the steps done so far (the state's step).
+      last: the metrics of the last logged step.
+      preempted: whether the loop stopped for SIGTERM.
+      t0: when the loop started (``time.perf_counter``).
+      t_after_first: when the first step had finished (None before it).
+    """
+
+    state: dict[str, Any]
+    mngr: Any
+    start: int
+    done: int
+    last: dict[str, float] = dataclasses.field(default_factory=dict)
+    preempted: bool = False
+    t0: float = 0.0
+    t_after_first: float | None = None
+
+
+def _score_start(prep: Prepared, params: Any) -> _Validation:
+    """The bank's scorer, and the scores of ω at step 0 and of the identity: once per run
+    (deterministic)."""
+    validation = _Validation()
+    if prep.bank is None:
+        return validation
+    t_val = time.perf_counter()
+    validation.score = meta_val.make_scorer(prep.gen_config, prep.meta, prep.val,
+                                            prep.bank_channels)
+    validation.at_start = meta_val.bank_score(validation.score, params, prep.bank)
+    validation.identity = (
+        validation.at_start if prep.meta.init == "identity" else
+        meta_val.bank_score(validation.score, initial_params(prep), prep.bank))
+    validation.seconds += time.perf_counter() - t_val
+    return validation
+
+
+def _restore(prep: Prepared, params: Any) -> _Run:
+    """Build the meta state from ``params`` (Alg. 1 l. 1) and open the checkpoint manager;
+    resume the latest checkpoint when :func:`prepare` found one.
 
     Raises:
-      FloatingPointError: a non-finite meta loss (at a logged step).
+      RuntimeError: the checkpoint directory changed since :func:`prepare`.
     """
-    mcfg, loop, ds, mesh = prep.meta, prep.loop, prep.dataset, prep.mesh
-    main = is_main_process()
-    workdir = prep.workdir
-    if main:
-        outputs.write_json(os.path.join(workdir, "config.json"), prep.config)
-
-    _, k_steps = _run_keys(loop.seed)
-    params = start_params(prep)
-    val = prep.val
-    score = identity = at_start = None
-    val_seconds = 0.0
-    if prep.bank is not None:  # the identity's bank score: once per run (deterministic)
-        t_val = time.perf_counter()
-        score = meta_val.make_scorer(prep.gen_config, mcfg, val, prep.bank_channels)
-        at_start = meta_val.bank_score(score, params, prep.bank)
-        identity = (at_start if mcfg.init == "identity" else
-                    meta_val.bank_score(score, initial_params(prep), prep.bank))
-        val_seconds += time.perf_counter() - t_val
-    state = meta.init_meta_state(params, mcfg, mesh)
+    state = meta.init_meta_state(params, prep.meta, prep.mesh)
+    loop = prep.loop
     mngr = checkpoint.open_train_state_manager(
         prep.checkpoint_dir, save_interval_steps=loop.checkpoint_every,
         max_to_keep=loop.keep_checkpoints)
@@ -402,32 +407,62 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
                            f"{start}, was {prep.start_step}); prepare again")
     if start:
         restored = checkpoint.restore_train_state(mngr, start, state)
-        state = meta.replicate({**restored, "step": np.int32(start)}, mesh)
-        stage(f"resumed from step {start} in {workdir}")
+        state = meta.replicate({**restored, "step": np.int32(start)}, prep.mesh)
+        stage(f"resumed from step {start} in {prep.workdir}")
+    return _Run(state=state, mngr=mngr, start=start, done=start)
 
-    step_fn = meta.make_meta_step(prep.gen_config, mcfg, mesh)
-    stop = {"signal": None}
+
+@contextlib.contextmanager
+def _sigterm_recorded() -> Iterator[dict[str, Any]]:
+    """While open, SIGTERM (preemption) sets ``["signal"]`` of the yielded dict instead of
+    ending the process: the loop then saves and stops at the end of its step."""
+    stop: dict[str, Any] = {"signal": None}
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
         stop["signal"] = signum
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _metrics_path(prep: Prepared) -> str:
+    return os.path.join(prep.workdir, "metrics.jsonl")
+
+
+def _loop(prep: Prepared, run: _Run, validation: _Validation, stop: Mapping[str, Any],
+          stop_after: int | None) -> None:
+    """Alg. 1's outer loop from ``run.start``: one :func:`mgdd_jax.meta.make_meta_step` call
+    per meta step, until ``meta.steps``, ``stop_after`` steps, SIGTERM (``stop``) or
+    ``max_seconds``; every process stops at the same step.
+
+    Step ``i``'s inputs are drawn from ``fold_in(key, i)`` by the prefetch thread. Logged steps
+    (every ``log_every``, the last, and each validation or stopping step) append a row to
+    ``metrics.jsonl`` (the bank is scored every ``val.every`` steps); the checkpoint manager
+    is handed every step (its interval decides), and the last step is always saved.
+
+    Raises:
+      FloatingPointError: a non-finite meta loss (at a logged step).
+    """
+    mcfg, loop, ds, mesh, val = prep.meta, prep.loop, prep.dataset, prep.mesh, prep.val
+    main = is_main_process()
+    _, k_steps = _run_keys(loop.seed)
+    step_fn = meta.make_meta_step(prep.gen_config, mcfg, mesh)
+    start, mngr = run.start, run.mngr
+    metrics_path = _metrics_path(prep)
     if main:
         _truncate_metrics(metrics_path, start)
-        if identity is not None and start == 0:  # step 0: ω before any meta step
-            outputs.append_jsonl(metrics_path, {"step": 0, "time_s": 0.0,
-                                                **meta_val.scores(at_start, identity)})
+        if validation.identity is not None and start == 0:  # step 0: ω before any meta step
+            outputs.append_jsonl(metrics_path, {
+                "step": 0, "time_s": 0.0,
+                **meta_val.scores(validation.at_start, validation.identity)})
 
     end = mcfg.steps if stop_after is None else min(mcfg.steps, start + stop_after)
     bar = Progress("meta", mcfg.steps, enabled=loop.progress and main)
-    t0 = time.perf_counter()
-    t_after_first = None
-    last: dict[str, float] = {}
-    step = done = start
-    preempted = False
-
+    run.t0 = t0 = time.perf_counter()
     tasks = meta.process_tasks(mcfg.tasks_per_step, mesh)  # this process's share (all: 1)
 
     def inputs_of_step(i):  # sampled and placed on the devices by the prefetch thread
@@ -442,17 +477,18 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
             if compiled is None:
                 compiled = step_fn
                 if jax.process_count() > 1:  # compile, then start together
-                    compiled = step_fn.lower(state, batch, keys).compile()
+                    compiled = step_fn.lower(run.state, batch, keys).compile()
                     multihost.barrier("compiled", prep.config["distributed"][
                         "initialization_timeout_s"])
-            state, metrics = compiled(state, batch, keys)
-            done = step + 1
-            if t_after_first is None:
-                jax.block_until_ready(state["step"])
-                t_after_first = time.perf_counter()
+            run.state, metrics = compiled(run.state, batch, keys)
+            run.done = done = step + 1
+            if run.t_after_first is None:
+                jax.block_until_ready(run.state["step"])
+                run.t_after_first = time.perf_counter()
             timed_out = bool(loop.max_seconds) and time.perf_counter() - t0 > loop.max_seconds
             stopping = multihost.any_process(stop["signal"] is not None or timed_out)  # all/none
-            validate = score is not None and (done % val.every == 0 or done == end or stopping)
+            validate = validation.score is not None and (
+                done % val.every == 0 or done == end or stopping)
             if done % loop.log_every == 0 or done == end or validate or stopping:
                 last = {k2: float(v) for k2, v in jax.device_get(metrics).items()}
                 if not np.isfinite(last["meta_loss"]):
@@ -463,46 +499,88 @@ def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
                 if validate:
                     t_val = time.perf_counter()
                     row.update(meta_val.scores(
-                        meta_val.bank_score(score, state["params"], prep.bank), identity))
-                    val_seconds += time.perf_counter() - t_val
+                        meta_val.bank_score(validation.score, run.state["params"], prep.bank),
+                        validation.identity))
+                    validation.seconds += time.perf_counter() - t_val
                     last = {**last, **{k2: row[k2] for k2 in ("val_gap", "val_ratio")}}
+                run.last = last
                 if main:
                     outputs.append_jsonl(metrics_path, row)
-            checkpoint.save_train_state(mngr, done, state, prep.checkpoint_meta)
+            checkpoint.save_train_state(mngr, done, run.state, prep.checkpoint_meta)
             bar.update(done, metrics)
             if stopping:  # the last step is logged (and scored) above
-                preempted = multihost.any_process(stop["signal"] is not None)
-                stage(f"{'SIGTERM' if preempted else f'max_seconds={loop.max_seconds}'} at "
-                      f"step {done}: saving and exiting")
+                run.preempted = multihost.any_process(stop["signal"] is not None)
+                stage(f"{'SIGTERM' if run.preempted else f'max_seconds={loop.max_seconds}'} "
+                      f"at step {done}: saving and exiting")
                 break
-        step = done
-        if step not in mngr.all_steps():
-            checkpoint.save_train_state(mngr, step, state, prep.checkpoint_meta, force=True)
+        if run.done not in mngr.all_steps():
+            checkpoint.save_train_state(mngr, run.done, run.state, prep.checkpoint_meta,
+                                        force=True)
         mngr.wait_until_finished()
+    finally:
+        prefetch.close()
+
+
+def _peer_lost(prep: Prepared, done: int, e: BaseException) -> multihost.PeerLostError:
+    """The one-line error of a multi-process step that failed (another process died)."""
+    return multihost.PeerLostError(
+        f"process {jax.process_index()} of {jax.process_count()}: a step with the other "
+        f"processes failed after step {done} ({multihost.first_line(e)}); another process "
+        "most likely died (see its log). Start all of them again with the same command: "
+        "they resume from the latest checkpoint in "
+        f"{prep.checkpoint_dir}.")
+
+
+def _finish(prep: Prepared, run: _Run, validation: _Validation) -> dict[str, Any]:
+    """The run summary; on the writing process also ``loss_curve.png``
+    (:func:`mgdd_jax.meta_plots.plot_loss_curve`) and ``run_until_step{N}.json``."""
+    seconds = time.perf_counter() - run.t0
+    n = run.done - run.start
+    per_step = ((time.perf_counter() - run.t_after_first) / (n - 1)) if n > 1 else seconds
+    result = {"step": run.done, "seconds": seconds, "seconds_per_step": per_step,
+              "validation_seconds": validation.seconds,
+              "last_metrics": run.last, "preempted": run.preempted,
+              "device": str(jax.devices()[0]), "num_devices": jax.device_count(),
+              "num_processes": jax.process_count()}
+    if is_main_process():
+        rows = outputs.read_jsonl(_metrics_path(prep))
+        if rows:
+            meta_plots.plot_loss_curve(rows, os.path.join(prep.workdir, "loss_curve.png"))
+        outputs.write_json(os.path.join(prep.workdir, f"run_until_step{run.done}.json"), result)
+    return result
+
+
+def train(prep: Prepared, *, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) meta-training until ``meta.steps``, SIGTERM or ``max_seconds``.
+
+    Writes ``config.json``, builds or resumes the meta state (:func:`_restore`), runs the
+    steps (:func:`_loop`) and writes the summary (:func:`_finish`).
+
+    Args:
+      prep: :func:`prepare`'s result.
+      stop_after: stop (with a checkpoint) after this many steps of *this* call; for tests
+        of resumption and for time-boxed runs.
+
+    Returns:
+      The run summary (also ``run_until_step{N}.json``): ``step``, ``seconds``,
+      ``seconds_per_step``, ``last_metrics``, ``preempted``, ``device``, ``num_devices``.
+
+    Raises:
+      FloatingPointError: a non-finite meta loss (at a logged step).
+      PeerLostError: a step with the other processes failed (multi-host).
+    """
+    if is_main_process():
+        outputs.write_json(os.path.join(prep.workdir, "config.json"), prep.config)
+    params = start_params(prep)
+    validation = _score_start(prep, params)
+    run = _restore(prep, params)
+    try:
+        with _sigterm_recorded() as stop:
+            _loop(prep, run, validation, stop, stop_after)
     except jax.errors.JaxRuntimeError as e:
         if jax.process_count() == 1:
             raise
-        raise multihost.PeerLostError(
-            f"process {jax.process_index()} of {jax.process_count()}: a step with the other "
-            f"processes failed after step {done} ({multihost.first_line(e)}); another process "
-            "most likely died (see its log). Start all of them again with the same command: "
-            "they resume from the latest checkpoint in "
-            f"{prep.checkpoint_dir}.") from e
+        raise _peer_lost(prep, run.done, e) from e
     finally:
-        prefetch.close()
-        signal.signal(signal.SIGTERM, previous)
-        mngr.close()
-    seconds = time.perf_counter() - t0
-    n = step - start
-    per_step = ((time.perf_counter() - t_after_first) / (n - 1)) if n > 1 else seconds
-    result = {"step": step, "seconds": seconds, "seconds_per_step": per_step,
-              "validation_seconds": val_seconds,
-              "last_metrics": last, "preempted": preempted,
-              "device": str(jax.devices()[0]), "num_devices": jax.device_count(),
-              "num_processes": jax.process_count()}
-    if main:
-        rows = outputs.read_jsonl(metrics_path)
-        if rows:
-            plot_loss_curve(rows, os.path.join(workdir, "loss_curve.png"))
-        outputs.write_json(os.path.join(workdir, f"run_until_step{step}.json"), result)
-    return result
+        run.mngr.close()
+    return _finish(prep, run, validation)

@@ -23,8 +23,8 @@ bank says it directly:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +32,13 @@ import numpy as np
 import optax
 
 from mgdd_jax import krr, meta, nets, objective, optim
+from mgdd_jax.configs.keys import check_keys
 from mgdd_jax.generator import GeneratorConfig, with_image_channels
 
 
 @dataclasses.dataclass(frozen=True)
 class ValConfig:
-    """The validation bank (config subtree ``val`` of ``experiments/configs/meta_glyphs.py``).
+    """The validation bank (the meta-training config's subtree ``val``).
 
     Attributes:
       tasks: tasks in the bank (0: no validation).
@@ -81,12 +82,11 @@ class ValConfig:
 
     @classmethod
     def from_config(cls, val: Mapping[str, Any]) -> ValConfig:
+        """From a config's ``val`` subtree (any mapping with exactly these keys)."""
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [k for k in names if k not in val]
-        unknown = sorted(set(val.keys()) - set(names))
-        if missing or unknown:
-            raise ValueError(f"the val config subtree must hold exactly {names}; missing "
-                             f"{missing}, unknown {unknown}")
+        check_keys(val.keys(), names, "config.val",
+                   "the val subtree sets every ValConfig field (there are no defaults), and no "
+                   "other key")
         return cls(**{k: val[k] for k in names})
 
     @property

@@ -10,19 +10,22 @@ turns what goes wrong between them into one-line errors raised within a bounded 
 * a process is missing: jax itself ends the waiting processes after
   ``initialization_timeout_s`` (its ``DEADLINE_EXCEEDED`` message), after this module's line
   saying which process of how many was waiting for which coordinator;
-* the processes disagree about ``num_processes``: every process publishes its
-  ``num_processes`` in the coordination service's key-value store and reads the others'
-  (``ValueError``). (When process 0 was told more processes than the others, nobody gets
-  that far: the coordinator waits for processes that never come, as above.)
+* the processes disagree about ``num_processes``: once joined, the processes all-gather the
+  ``num_processes`` each was given (``ValueError``). (When process 0 was told more processes
+  than the others, nobody gets that far: the coordinator waits for processes that never
+  come, as above.)
 * a process dies mid-run: the survivors' next collective fails (:class:`PeerLostError`,
   raised by the training loop), and the coordination service ends any process still waiting
   once the dead one has missed its heartbeats for ``heartbeat_timeout_s``;
 * the processes must stop at the same step (SIGTERM, ``max_seconds``): :func:`any_process`;
-* gloo (the CPU collectives) gives up on a process that arrives at a collective about 30 s
-  after the others: :func:`barrier` lines them up first, with a timeout of ours.
+* gloo (the CPU collectives) gives up on a process that arrives at a collective much later
+  than the others, after a fixed timeout of its own: :func:`barrier` lines them up first, in
+  the coordination service, with a timeout of ours.
 
-The settings are the ``distributed`` subtree of the meta-training config
-(``experiments/configs/meta_glyphs.py``), :class:`MultihostConfig` here.
+The settings are the ``distributed`` subtree of the meta-training config,
+:class:`MultihostConfig` here. Only public APIs are used: ``jax.distributed`` and
+``jax.experimental.multihost_utils``, and orbax's barrier (``orbax.checkpoint.multihost``) for
+the one wait that needs a timeout.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from mgdd_jax.configs.keys import check_keys
 from mgdd_jax.progress import stage
 
 
@@ -90,11 +95,9 @@ class MultihostConfig:
     def from_config(cls, config: Mapping[str, Any]) -> MultihostConfig:
         """From a config's ``distributed`` subtree (any mapping with exactly these keys)."""
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [k for k in names if k not in config]
-        unknown = sorted(set(config.keys()) - set(names))
-        if missing or unknown:
-            raise ValueError(f"the distributed config subtree must hold exactly {names}; "
-                             f"missing {missing}, unknown {unknown}")
+        check_keys(config.keys(), names, "config.distributed",
+                   "the distributed subtree sets every MultihostConfig field (there are no "
+                   "defaults), and no other key")
         return cls(**{k: config[k] for k in names})
 
 
@@ -136,21 +139,13 @@ def check_port_free(address: str) -> None:
                 "process.") from None
 
 
-def _state() -> Any:
-    """jax's distributed state (the resolved ids and the coordination-service client; orbax
-    reads the same object)."""
-    from jax._src import distributed  # no public accessor for the client
-
-    return distributed.global_state
-
-
 def initialize(config: MultihostConfig) -> None:
     """Join this process to the others (MultihostConfig), with bounded waits; once only.
 
     Call it before anything touches a JAX device. CPU processes exchange their collectives
     over TCP (gloo: ``jax_cpu_collectives_implementation``, set to ``"gloo"`` unless a value
     was chosen). Then every process checks that all of them were given the same
-    ``num_processes``.
+    ``num_processes`` (one all-gather over the devices of all processes).
 
     Raises:
       ValueError: the coordinator port is taken, jax found nothing to join (no address given
@@ -183,24 +178,26 @@ def initialize(config: MultihostConfig) -> None:
             f"could not join the multi-host run as {who}: {first_line(e)}. Pass "
             "--config.distributed.coordinator_address, num_processes and process_id (detected "
             "only under SLURM, Open MPI and on Cloud TPU pods).") from None
-    _check_same_num_processes(config.initialization_timeout_s)
+    _check_same_num_processes(config)
 
 
-def _check_same_num_processes(timeout_s: int) -> None:
-    state = _state()
-    n, me, client = state.num_processes, state.process_id, state.client
-    client.key_value_set(f"mgdd_jax/num_processes/{me}", str(n))
-    for other in range(n):
-        if other == me:
-            continue
-        try:
-            theirs = int(client.blocking_key_value_get(f"mgdd_jax/num_processes/{other}",
-                                                       timeout_s * 1000))
-        except RuntimeError as e:
-            raise ValueError(
-                f"process {me}: process {other} of num_processes={n} did not report within "
-                f"distributed.initialization_timeout_s={timeout_s} ({first_line(e)}); start "
-                f"all {n} processes with the same num_processes.") from None
+def _check_same_num_processes(config: MultihostConfig) -> None:
+    """Refuse processes given different ``num_processes`` (each compares its own with all).
+
+    The joined processes are those the coordinator (process 0) was told to wait for, so
+    ``jax.process_count()`` is process 0's number; a process told another number still
+    takes part in the all-gather, which hands every process every process's number.
+    """
+    n = config.num_processes or jax.process_count()
+    me = jax.process_index()
+    try:
+        given = np.asarray(multihost_utils.process_allgather(np.int32(n))).tolist()
+    except RuntimeError as e:
+        raise ValueError(
+            f"process {me}: the processes of num_processes={n} could not exchange their "
+            f"num_processes ({first_line(e)}); start all {n} processes with the same "
+            "num_processes.") from None
+    for other, theirs in enumerate(given):
         if theirs != n:
             raise ValueError(
                 f"process {me} was started with distributed.num_processes={n} but process "
@@ -217,10 +214,10 @@ def first_line(e: BaseException) -> str:
 def barrier(name: str, timeout_s: int) -> None:
     """Wait until every process has reached ``barrier(name)`` (nothing with one process).
 
-    A wait in the coordination service, bounded by ``timeout_s``. Call it before the first
-    collective after work whose length differs between processes (loading data, compiling):
-    the CPU collectives (gloo) give up when a process arrives about 30 s after the others,
-    a limit that cannot be configured.
+    A wait in the coordination service (orbax's barrier), bounded by ``timeout_s``. Call it
+    before the first collective after work whose length differs between processes (loading
+    data, compiling): the CPU collectives (gloo) give up when a process arrives much later
+    than the others, after a fixed timeout that cannot be configured.
 
     Raises:
       PeerLostError: a process did not arrive within ``timeout_s`` (or died).
@@ -228,7 +225,8 @@ def barrier(name: str, timeout_s: int) -> None:
     if jax.process_count() == 1:
         return
     try:
-        _state().client.wait_at_barrier(f"mgdd_jax/{name}", timeout_s * 1000)
+        ocp.multihost.get_barrier_sync_fn()(key=f"mgdd_jax/{name}",
+                                            timeout_ms=timeout_s * 1000)
     except RuntimeError as e:
         raise PeerLostError(
             f"process {jax.process_index()}: not every process reached {name!r} within "

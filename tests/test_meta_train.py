@@ -122,7 +122,8 @@ def test_one_compatibility_check_names_fields():
 def test_checkpoint_made_before_a_field_existed_resumes_with_its_value():
     """The committed fractal-source run predates ``meta.start_weight``: today's config of that
     run resumes it (λ = 0 is what it did); λ = 0.5 is refused, naming the field."""
-    run = os.path.join(REPO, "results", "meta_sources_runs", "fractal", "checkpoints")
+    run = os.path.join(REPO, "results", "meta_studies", "meta_sources_runs", "fractal",
+                       "checkpoints")
     step, stored = checkpoint.read_meta(run)
     assert "start_weight" not in stored["info"]["meta"]
     config = meta_sources.get_config("fractal")

@@ -27,6 +27,7 @@ from experiments.configs import (
 from mgdd_jax import data, krr, meta, meta_train, meta_val, nets
 from mgdd_jax import generator as gen
 from mgdd_jax.data import settings, sources
+from mgdd_jax.meta import maml
 
 GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
 # The smoke config's sizes (2 inner steps, 2-4 classes, 16 real, 2-8 synthetic, width 4).
@@ -262,7 +263,7 @@ def test_first_order_meta_sgd_gradients_are_the_hand_computed_ones(digits):
     _close_scaled(g_r, hand[1])
     # -∇L(ω') ⊙ Σ g: Σ g = (ω - ω') / α for this update
     _, adapted, _ = jax.jit(lambda p, r: _reference(p, task, key, cfg, lr=r))(params, rates)
-    loss_at, keys = meta._task_objective(task, key, gen_config=GEN, config=cfg)
+    loss_at, keys = maml._task_objective(task, key, gen_config=GEN, config=cfg)
     g_test = jax.jit(jax.grad(lambda p: loss_at(p, cfg.inner_steps, keys[-1])))(adapted)
     written = jax.tree.map(lambda g, w, w1, r: -g * (w - w1) / r, g_test, params, adapted,
                            rates)
@@ -367,7 +368,7 @@ def test_start_weight_scores_the_start_too(digits):
     np.testing.assert_allclose(loss, plain, rtol=1e-5)  # the logged loss is L(ω')
     _close_scaled(g_first, hand)
     # λ ∇L(ω) is a large part of it, so a missing start term fails the comparison above
-    loss_at, keys = meta._task_objective(task, key, gen_config=GEN, config=first)
+    loss_at, keys = maml._task_objective(task, key, gen_config=GEN, config=first)
     g_start = jax.jit(jax.grad(lambda p: loss_at(p, first.inner_steps, keys[-1])))(params)
     assert lam * _norm(g_start) > 0.2 * _norm(hand)
 

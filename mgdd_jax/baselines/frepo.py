@@ -12,7 +12,7 @@ Alg. 1 ("FRePo"), as its released code does it. One outer step (:func:`make_chun
 Eq. 1 is our one KRR loss, :func:`mgdd_jax.krr.krr_loss` (MGDD's Eq. 1 is FRePo's objective).
 
 What was read, where (yongchaoz/FRePo, ``lib/datadistillation/frepo.py`` at d18c005,
-``script/distill.py`` at 43e028a; facts also in ``/work/shared/notes/frepo-facts.md``):
+``script/distill.py`` at 43e028a):
 
 * ``frepo.py: init_proto`` -- the initial set is ``ipc`` random real images per class (a shuffle,
   then the first ``ipc`` of each class); labels are centred one-hot, divided by
@@ -53,18 +53,16 @@ Deviations, and why:
    ``cpu`` width 64, ``paper`` width 128, constant width, instance norm, conv → norm → ReLU →
    pool, 'SAME' padding) instead of FRePo's ``Conv`` (width 128/256/512 doubling, batch norm
    before the conv of blocks 2-3 with features taken from running averages, a 1-channel input
-   padded 28 → 32). Issue 9 puts every method on the same feature networks, so that the
-   comparison is about the algorithms. Batch norm is refused here (the pool would need running
-   statistics that only the online training updates). The effect on accuracy against the
-   paper's Tab. 12 is part of any gap.
-2. **Ridge.** FRePo's ``reg = 1e-6`` is kept (``config.frepo.reg``), not the library's 5e-3.
-   Our ``experiments/benchmarks/krr_reg.py`` saw 1e-6 turn float32 Eq. 1 into NaN only on
-   supports where every image appears twice (n_s = 500); FRePo's sets hold no duplicates (drawn
-   without replacement, no flip for grey data). Checked while writing this module: 500 distinct
-   Fashion-MNIST images, random instance-norm ConvNets of width 64 and 128, n_t = 1024, 3 seeds
-   each: loss and gradient finite, cond(K_ss + lam I) 1.6e5-4.0e5. A NaN or infinite loss stops
-   the run with :class:`~mgdd_jax.adapt.NonFiniteLossError` naming the step; raise ``reg`` if
-   that happens.
+   padded 28 → 32). The harness (:mod:`mgdd_jax.baselines`) puts every method on the same
+   feature networks, so that the comparison is about the algorithms. Batch norm is refused
+   here (the pool would need running statistics that only the online training updates). The
+   effect on accuracy against the paper's Tab. 12 is part of any gap.
+2. **Ridge.** FRePo's ``reg = 1e-6`` is kept (``config.frepo.reg``), not the library's 5e-3
+   (:data:`mgdd_jax.krr.DEFAULT_REG`). 1e-6 can turn float32 Eq. 1 into NaN on supports where
+   every image appears twice (K_ss singular); FRePo's sets hold no duplicates (drawn without
+   replacement, no flip for grey data). A NaN or infinite loss stops the run with
+   :class:`~mgdd_jax.adapt.NonFiniteLossError` naming the step; raise ``reg`` if that
+   happens.
 3. **Real batch.** n_t is the shared ``config.adapt.batch_size`` (512 ``cpu``, 1024 ``paper`` =
    FRePo's 1024), drawn uniformly without replacement inside each batch, independently at every
    step, on the device (FRePo: a shuffled epoch stream; same marginal, no epoch structure).
@@ -81,23 +79,19 @@ Deviations, and why:
 7. **Not carried over:** evaluation inside the loop, checkpoints, image saving, ``pmap``; the
    harness evaluates the snapshots with the shared protocol.
 
-Note: issue 9's text describes the pool as "networks trained on the real data". FRePo's code
+Note: the pool models are not "networks trained on the real data". FRePo's code
 (``get_sample_proto`` → ``jit_nn_train_step_online``) and the paper's Alg. 1 train the drawn
 model for one step on the current distilled set; this module does that.
 
 Cost: one outer step is the real batch's forward pass, the synthetic set's forward and backward
-pass and one online training step on up to ``online_batch_size`` synthetic images. ``cpu``
-config, Fashion-MNIST IPC 10 on the 2-core CPU: about 0.7 s of CPU per step (the MGDD
-adaptation step is about 0.5 s); IPC 50: about 2 s.
+pass and one online training step on up to ``online_batch_size`` synthetic images.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import math
-import numbers
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -111,7 +105,8 @@ import optax
 from mgdd_jax import data as data_lib
 from mgdd_jax import krr, nets
 from mgdd_jax.adapt import NonFiniteLossError
-from mgdd_jax.baselines import Snapshot, register
+from mgdd_jax.baselines import Snapshot, check_snapshot_steps, register
+from mgdd_jax.configs.keys import check_keys
 from mgdd_jax.data.settings import settings_for
 
 FLIP_MODES: tuple[str, ...] = ("auto", "on", "off")
@@ -119,7 +114,8 @@ FLIP_MODES: tuple[str, ...] = ("auto", "on", "off")
 
 @dataclasses.dataclass(frozen=True)
 class FrepoConfig:
-    """FRePo's hyper-parameters (``config.frepo``, built by ``benchmark.frepo_config``).
+    """FRePo's hyper-parameters (``config.frepo``, built by
+    ``mgdd_jax/configs/benchmark.py``'s ``frepo_config``).
 
     No defaults here: the config file is the single source.
 
@@ -185,11 +181,8 @@ class FrepoConfig:
         """From the config's ``frepo`` subtree (a ``ConfigDict`` or a plain mapping)."""
         d = frepo.to_dict() if hasattr(frepo, "to_dict") else dict(frepo)
         names = {f.name for f in dataclasses.fields(cls)}
-        if set(d) != names:
-            raise ValueError(
-                f"config.frepo has unknown fields {sorted(set(d) - names)} and lacks "
-                f"{sorted(names - set(d))}; build it with mgdd_jax/configs/benchmark.py:"
-                "frepo_config")
+        check_keys(d, names, "config.frepo",
+                   "build it with mgdd_jax/configs/benchmark.py:frepo_config")
         return cls(**d)
 
     def use_flip(self, dataset_name: str, channels: int) -> bool:
@@ -343,8 +336,8 @@ _fresh_model_jit = jax.jit(fresh_model, static_argnums=(1, 2, 3))
 def init_pool(key: chex.PRNGKey, image_shape: Sequence[int], feature: nets.ConvNetConfig,
               config: FrepoConfig) -> Pool:
     """``pool_size`` fresh models (key ``i`` of ``split(key, pool_size)`` for model ``i``),
-    stacked, with the staggered counters. (A loop over one compiled initialiser: on XLA:CPU
-    that compiles several times faster than a ``vmap`` of flax's init.)"""
+    stacked, with the staggered counters. (A loop over one compiled initialiser, not a
+    ``vmap`` of flax's init, which compiles slower on XLA:CPU.)"""
     shape = tuple(int(d) for d in image_shape)
     models = [_fresh_model_jit(k, shape, feature, config)
               for k in jax.random.split(key, config.pool_size)]
@@ -487,20 +480,6 @@ def make_chunk(*, feature: nets.ConvNetConfig, config: FrepoConfig, num_classes:
         return state
 
     return chunk
-
-
-def check_snapshot_steps(snapshot_steps: Sequence[int]) -> tuple[int, ...]:
-    """Refuse an empty, unsorted, repeated, negative or non-integer list of snapshot steps."""
-    steps = tuple(snapshot_steps)
-    if not steps:
-        raise ValueError("snapshot_steps is empty; ask for at least one step, e.g. (0, 1000)")
-    for s in steps:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
-            raise ValueError(f"snapshot_steps must be integers >= 0, got {steps}")
-    if any(b <= a for a, b in itertools.pairwise(steps)):
-        raise ValueError(f"snapshot_steps must be strictly increasing, got {steps}; sort them "
-                         "and drop repeats")
-    return tuple(int(s) for s in steps)
 
 
 @register("frepo")

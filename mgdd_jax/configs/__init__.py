@@ -2,5 +2,6 @@
 
 * :mod:`mgdd_jax.configs.distill`: the main job and :func:`mgdd_jax.fit` (variants ``cpu``,
   ``paper``, ``smoke``, and knobs ``size=...,eval=...``);
-* :mod:`mgdd_jax.configs.benchmark`: the baselines (:mod:`mgdd_jax.baselines`).
+* :mod:`mgdd_jax.configs.benchmark`: the baselines (:mod:`mgdd_jax.baselines`);
+* :mod:`mgdd_jax.configs.keys`: the one exactly-these-keys check of a config subtree.
 """
