@@ -1,4 +1,5 @@
-"""Shared test settings: float32 CPU runs, tiny sizes, no downloads."""
+"""Shared test settings: float32 CPU runs, tiny sizes, no downloads (tests/ and, by directory,
+tests/launchers/)."""
 
 import os
 import tempfile
@@ -15,6 +16,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# The helpers shared by tests/ and tests/launchers/ assert too: rewrite them as test modules.
+pytest.register_assert_rewrite("tests._helpers")
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])

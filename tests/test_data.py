@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _idx_writer import encode_idx
 
 from mgdd_jax import data, outputs
 from mgdd_jax.data import idx, preprocess, sources, validation
 from mgdd_jax.data import settings as data_settings
+from tests._idx_writer import encode_idx
 
 FASHION_DIR = Path(sources.FASHION_MNIST_DEFAULT_DIR)
 
@@ -825,9 +825,3 @@ def test_every_named_source_has_its_own_row():
 def test_settings_for_refuses_a_non_name():
     with pytest.raises(ValueError, match="non-empty string"):
         data_settings.settings_for("")
-
-
-def test_launchers_read_the_library_table():
-    from experiments.configs import datasets
-    assert datasets.settings_for("tfds:cifar10") == {"zca": True, "image_size": 0, "flip": True}
-    assert datasets.settings_for("digits")["flip"] is False

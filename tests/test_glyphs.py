@@ -21,23 +21,23 @@ import pytest
 from mgdd_jax import data, glyph_corpus
 from mgdd_jax.data import glyphs
 
-REPO = Path(__file__).resolve().parents[1]
-DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
-TEST_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf")
-
-pytestmark = pytest.mark.skipif(
-    not all((DEJAVU / f).is_file() for f in TEST_FONTS),
-    reason="needs the DejaVu fonts (apt-get install fonts-dejavu-core)",
+from tests._helpers import (
+    DEJAVU,
+    TEST_FONTS,
+    check_make_glyphs_cli,
+    link_test_fonts,
+    needs_test_fonts,
 )
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = needs_test_fonts
 
 
 @pytest.fixture(scope="module")
 def font_dir(tmp_path_factory) -> Path:
     """A directory holding (links to) the three test fonts."""
-    directory = tmp_path_factory.mktemp("fonts")
-    for name in TEST_FONTS:
-        (directory / name).symlink_to(DEJAVU / name)
-    return directory
+    return link_test_fonts(tmp_path_factory.mktemp("fonts"))
 
 
 @pytest.fixture(scope="module")
@@ -255,30 +255,11 @@ def test_bad_spec(spec):
         data.load_dataset(f"glyphs:{spec}")
 
 
-@pytest.mark.parametrize("module", ["mgdd_jax.glyph_corpus", "experiments.make_glyphs"])
+@pytest.mark.parametrize("module", ["mgdd_jax.glyph_corpus"])
 def test_make_glyphs_cli(tmp_path, font_dir, module):
-    """The builder's entry point, and the checkout's alias of it."""
-    out = tmp_path / "cli.npz"
-    run = subprocess.run(
-        [sys.executable, "-m", module, f"--font_dirs={font_dir}",
-         "--num_classes=3", "--per_class=2", "--image_size=8", f"--out={out}"],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-    assert run.returncode == 0, run.stderr
-    assert "fonts: 3" in run.stderr and "classes available:" in run.stderr
-    assert f"wrote {out}" in run.stderr
-    assert "rendering classes [" in run.stderr and "3/3" in run.stderr  # progress.Progress
-    loaded, manifest = glyphs.load_corpus(out)
-    assert loaded.masks.shape == (6, 8, 8) and manifest["seed"] == 0
-    bad = subprocess.run(
-        [sys.executable, "-m", module, f"--font_dirs={tmp_path / 'none'}",
-         f"--out={tmp_path / 'x.npz'}"],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-    assert bad.returncode == 2 and "error:" in bad.stderr and "fonts-noto-core" in bad.stderr
-    assert not (tmp_path / "x.npz").exists()
+    """The builder's entry point (the checkout's alias of it, experiments.make_glyphs, is
+    tested in tests/launchers/test_glyphs.py)."""
+    check_make_glyphs_cli(module, tmp_path, font_dir)
 
 
 # ---------------------------------------------------------------------------

@@ -233,7 +233,7 @@ def test_npz_takes_the_flip_option_only(tmp_path):
 
 @pytest.mark.slow
 def test_distilled_set_saves_flip_and_class_names(tree, tmp_path):
-    from experiments import distill
+    from mgdd_jax.cli import distill
     from mgdd_jax.configs import distill as distill_config
 
     c = distill_config.get_config("smoke")
@@ -384,7 +384,7 @@ def test_ipc_larger_than_a_class_names_it(tmp_path):
 
 
 def _distill_cli(tmp_path, dataset, *args):
-    cmd = [sys.executable, "-m", "experiments.distill", "--config=smoke",
+    cmd = [sys.executable, "-m", "mgdd_jax", "distill", "--config=smoke",
            f"--dataset={dataset}", f"--out={tmp_path / 'out'}", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           check=False)

@@ -1,6 +1,7 @@
 """mgdd_jax.meta (Alg. 1): task sampling, the MAML loss and the sharded step, on tiny sizes.
 
-The outer loop (mgdd_jax.meta_train, experiments.meta_train) is tested in test_meta_train.py.
+The outer loop (mgdd_jax.meta_train) is tested in test_meta_train.py, its launcher
+(experiments.meta_train) in launchers/test_meta_train.py.
 """
 
 import dataclasses
@@ -14,16 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import meta_glyphs
 from mgdd_jax import data, krr, meta, meta_train, nets
 from mgdd_jax import generator as gen
+from mgdd_jax.configs import meta as meta_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEAT = nets.ConvNetConfig(width=4, norm="instance")
 GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
 # The smoke config's Alg. 1 settings (2 inner steps, 2-4 classes, 16 real, 2-8 synthetic,
 # features of width 4) with a larger inner lr.
-CFG = dataclasses.replace(meta_train.meta_config(meta_glyphs.get_config("smoke")), steps=10,
+CFG = dataclasses.replace(meta_train.meta_config(meta_config.get_config("smoke")), steps=10,
                           inner_lr=0.05)
 assert CFG.feature == FEAT
 
@@ -201,13 +202,13 @@ def test_four_devices_give_the_one_device_update():
     script = textwrap.dedent("""
         import dataclasses
         import jax, numpy as np
-        from experiments.configs import meta_glyphs
         from mgdd_jax import data, meta, meta_train
+        from mgdd_jax.configs import meta as meta_config
         from mgdd_jax import generator as gen
         assert len(jax.devices()) == 4, jax.devices()
         ds = data.load_dataset("digits")
         g = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
-        cfg = dataclasses.replace(meta_train.meta_config(meta_glyphs.get_config("smoke")),
+        cfg = dataclasses.replace(meta_train.meta_config(meta_config.get_config("smoke")),
                                   steps=10, inner_lr=0.05, tasks_per_step=4,
                                   order="first")  # the cross-device mean is order-blind
         p = gen.init_generator(jax.random.key(0), ds.image_shape, g)
@@ -326,15 +327,15 @@ def test_bad_meta_inputs(digits):
 def test_meta_config_is_the_config_subtree():
     """MetaConfig has exactly the config's meta fields (each a --config.meta.X flag), no
     defaults of its own, and round-trips through to_dict/from_dict."""
-    for variant in meta_glyphs.VARIANTS:
-        c = meta_glyphs.get_config(variant)
+    for variant in meta_config.VARIANTS:
+        c = meta_config.get_config(variant)
         m = meta_train.meta_config(c)
         assert {k: v for k, v in m.to_dict().items() if k != "feature"} == c.meta.to_dict()
         assert m.to_dict()["feature"] == c.feature.to_dict()
         assert meta.MetaConfig.from_dict(m.to_dict()) == m
     fields = dataclasses.fields(meta.MetaConfig)
     assert all(f.default is dataclasses.MISSING for f in fields)
-    c = meta_glyphs.get_config("smoke")
+    c = meta_config.get_config("smoke")
     with pytest.raises(ValueError, match="unknown"):
         meta.MetaConfig.from_config({**c.meta.to_dict(), "inner_step": 3}, c.feature)
     with pytest.raises(ValueError, match="missing"):

@@ -1,15 +1,13 @@
-"""The Alg. 1 outer loop (mgdd_jax.meta_train), its launcher, and the train-state checkpoints.
+"""The Alg. 1 outer loop (mgdd_jax.meta_train) and the train-state checkpoints.
 
-All runs use the smoke config (experiments/configs/meta_glyphs.py:smoke) on scikit-learn's
-digits instead of the glyph corpus, as tests/test_meta.py does.
+All runs use the smoke config (mgdd_jax/configs/meta.py:smoke) on scikit-learn's digits
+instead of the glyph corpus, as tests/test_meta.py does. The launcher
+(experiments.meta_train: its command line, SIGTERM and resumption through it) is tested in
+tests/launchers/test_meta_train.py.
 """
 
 import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 
 import chex
 import jax
@@ -17,38 +15,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments.configs import meta_glyphs, meta_sources
 from mgdd_jax import checkpoint, meta, meta_train, meta_val, outputs
 from mgdd_jax.configs import distill as distill_config
 from mgdd_jax import generator as gen
+from tests._helpers import SMOKE_GEN as GEN
+from tests._helpers import final_meta_params as _final_params
+from tests._helpers import meta_smoke_config as _smoke_config
+from tests._helpers import run_meta as _run
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
 SHIPPED = distill_config.SHIPPED_META_CHECKPOINT
 RUN_FILES = ("config.json", "metrics.jsonl", "loss_curve.png")
-
-
-def _smoke_config(steps, *, val=False, **meta_overrides):
-    """The smoke config on digits; the validation bank off unless ``val`` (it costs each run
-    a compile; the SIGTERM/resume test keeps it on and checks its rows)."""
-    c = meta_glyphs.get_config("smoke")
-    c.source = "digits"
-    c.meta.steps = steps
-    c.meta.update(meta_overrides)
-    if not val:
-        c.val.tasks = 0
-    return c
-
-
-def _run(config, workdir, **kw):
-    return meta_train.train(meta_train.prepare(config, str(workdir)), **kw)
-
-
-def _final_params(workdir):
-    step, _ = checkpoint.read_meta(os.path.join(workdir, "checkpoints"))
-    params, meta_json = checkpoint.load_generator(os.path.join(workdir, "checkpoints"), GEN,
-                                                  (8, 8, 1))
-    return step, params, meta_json
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -119,81 +95,7 @@ def test_one_compatibility_check_names_fields():
                                     "w")
 
 
-def test_checkpoint_made_before_a_field_existed_resumes_with_its_value():
-    """The committed fractal-source run predates ``meta.start_weight``: today's config of that
-    run resumes it (λ = 0 is what it did); λ = 0.5 is refused, naming the field."""
-    run = os.path.join(REPO, "results", "meta_studies", "meta_sources_runs", "fractal",
-                       "checkpoints")
-    step, stored = checkpoint.read_meta(run)
-    assert "start_weight" not in stored["info"]["meta"]
-    config = meta_sources.get_config("fractal")
-
-    def ckpt_meta(c):
-        return meta_train.run_checkpoint_meta(meta_train.gen_config(c, 3),
-                                              meta_train.meta_config(c), c.source, c.seed)
-
-    meta_train.check_resumable(run, step, ckpt_meta(config))
-    config.meta.start_weight = 0.5
-    with pytest.raises(checkpoint.CheckpointMismatchError,
-                       match=r"meta.start_weight: checkpoint 0.0 vs config 0.5"):
-        meta_train.check_resumable(run, step, ckpt_meta(config))
-
-
 # ------------------------------------------------------------------------------ the loop
-def test_sigterm_then_resume_equals_straight_run(tmp_path):
-    # Few checkpoints (orbax saves dominate a smoke step otherwise) and a short run: CI time.
-    total, every, val_every = 80, 20, 30
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "experiments.meta_train",
-           "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
-           f"--config.meta.steps={total}", f"--config.checkpoint_every={every}",
-           f"--config.val.every={val_every}", f"--workdir={killed}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        ckpts = killed / "checkpoints"
-        if ckpts.is_dir() and any(n.isdigit() for n in os.listdir(ckpts)):
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.02)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    k, _, _ = _final_params(killed)
-    assert 0 < k < total, f"the run was not interrupted (stopped at {k})"
-
-    config = _smoke_config(total, val=True)  # = the command line's config
-    config.checkpoint_every = every
-    config.val.every = val_every
-    resumed = _run(config, killed)
-    assert resumed["step"] == total
-    straight_dir = tmp_path / "straight"
-    _run(config, straight_dir)
-    _, p_resumed, _ = _final_params(killed)
-    _, p_straight, m = _final_params(straight_dir)
-    for a, b in zip(jax.tree.leaves(p_resumed), jax.tree.leaves(p_straight)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    assert m["info"]["kind"] == "meta"
-    rows = outputs.read_jsonl(str(killed / "metrics.jsonl"))
-    steps = [r["step"] for r in rows]
-    assert steps == sorted(set(steps)) and steps[-1] == total  # no duplicated or lost lines
-    # The validation bank: step 0 scores the identity itself (gap 0); then every val.every
-    # steps and the last step of each run, the one cut short by SIGTERM too; the resumed run
-    # rescores the identity to the same value.
-    val = {r["step"]: r for r in rows if "val_gap" in r}
-    scheduled = list(range(0, total, val_every))  # 0, 30, 60
-    assert sorted(val) == sorted({*scheduled, k, total}), (k, sorted(val))
-    assert val[0]["val_gap"] == 0.0 and val[0]["val_loss"] == val[0]["val_identity"]
-    assert all(np.isfinite(r["val_loss"]) and r["val_identity"] == val[0]["val_identity"]
-               for r in val.values())
-    assert val[k]["val_gap"] != 0.0  # meta-training moved it
-    assert resumed["validation_seconds"] > 0
-    straight = outputs.read_jsonl(str(straight_dir / "metrics.jsonl"))
-    assert [r["step"] for r in straight if "val_gap" in r] == [*scheduled, total]
-    assert (killed / "loss_curve.png").exists()
-    assert (killed / f"run_until_step{total}.json").exists()
-
-
 def test_prefetch_thread_ends_when_training_raises(tmp_path, monkeypatch):
     """A failing step (here the third) propagates out of train() and the sampler thread is
     stopped and joined, not left running."""
@@ -302,19 +204,6 @@ def test_only_process_0_writes_run_files(tmp_path, monkeypatch):
     assert result["validation_seconds"] == 0 and "val_gap" not in result["last_metrics"]
 
 
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
-    cmd = [sys.executable, "-m", "experiments.meta_train",
-           "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
-           "--config.meta.min_classes=20", "--config.meta.max_classes=30",
-           f"--workdir={tmp_path / 'w'}"]
-    p = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode == 2, p.stderr[-3000:]
-    assert p.stderr.strip().splitlines()[-1].startswith("error: ") and "max_classes" in p.stderr
-    assert "Traceback" not in p.stderr
-    assert not (tmp_path / "w").exists()
-
-
 # ------------------------------------------------------------------------------ transfer bank
 def test_transfer_bank_from_another_dataset_through_channel_adaptors(tmp_path):
     """val.source: the bank comes from another dataset (grey digits of 3 classes) while the
@@ -409,15 +298,3 @@ def test_bad_transfer_bank_is_refused_before_writing(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_cli_stop_after_is_a_step_budget(tmp_path):
-    """--stop_after=1 of meta.steps=2: a checkpoint at step 1 (resuming from it is what
-    test_sigterm_then_resume_equals_straight_run checks)."""
-    cmd = [sys.executable, "-m", "experiments.meta_train",
-           "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
-           "--config.val.tasks=0", "--config.meta.steps=2", "--stop_after=1",
-           f"--workdir={tmp_path / 'w'}"]
-    p = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "stopped at step 1" in p.stderr
-    assert checkpoint.latest_step(str(tmp_path / "w" / "checkpoints")) == 1

@@ -8,6 +8,9 @@
 * the meta-gradient agreement metric against NumPy;
 * the validation bank (mgdd_jax.meta_val): deterministic, identity gap 0, K steps move it;
 * the class-subset dataset names used by the mechanism check.
+
+The lab's meta configs (experiments/configs/meta_*.py) are checked in
+tests/launchers/test_meta_variants.py.
 """
 
 import dataclasses
@@ -17,21 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import (
-    meta_fmnist_split,
-    meta_glyphs,
-    meta_imagenet,
-    meta_shipped,
-    meta_sources,
-)
 from mgdd_jax import data, krr, meta, meta_train, meta_val, nets
 from mgdd_jax import generator as gen
+from mgdd_jax.configs import meta as meta_config
 from mgdd_jax.data import settings, sources
 from mgdd_jax.meta import maml
 
 GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
 # The smoke config's sizes (2 inner steps, 2-4 classes, 16 real, 2-8 synthetic, width 4).
-BASE = dataclasses.replace(meta_train.meta_config(meta_glyphs.get_config("smoke")), steps=10)
+BASE = dataclasses.replace(meta_train.meta_config(meta_config.get_config("smoke")), steps=10)
 ADAM = dataclasses.replace(BASE, inner_opt="adam", inner_lr=0.02, support="disjoint",
                            fixed_init=True)
 META_SGD = dataclasses.replace(ADAM, inner_opt="meta_sgd", inner_lr=0.5)
@@ -450,11 +447,6 @@ def test_bad_variant_values_and_legacy_records():
     old = meta.MetaConfig.from_dict({**legacy, "first_order": True})
     assert old.order == "first" and old.inner_opt == "sgd" and old.support == "in_batch"
     assert meta.MetaConfig.from_dict({**legacy, "first_order": False}).order == "second"
-    for variant in meta_fmnist_split.VARIANTS:
-        c = meta_fmnist_split.get_config(variant)
-        assert meta_train.meta_config(c).to_dict()["order"] == c.meta.order
-    with pytest.raises(ValueError, match="variant"):
-        meta_fmnist_split.get_config("fastest")
 
 
 # ------------------------------------------------------------------------------ the bank
@@ -497,44 +489,22 @@ def test_bad_val_config():
                            meta_val.ValConfig(**{**good, "tasks": 0}))
 
 
-@pytest.mark.parametrize("module", [meta_glyphs, meta_fmnist_split, meta_imagenet,
-                                    meta_sources, meta_shipped])
-def test_every_meta_config_variant_builds_its_dataclasses(module):
-    """Each variant of each meta config file builds MetaConfig and ValConfig (no typo in a
-    field or a value) and its switches differ where the docstrings say; unknown variants are
-    refused."""
-    built = {}
-    for variant in module.VARIANTS:
-        c = module.get_config(variant)
-        built[variant] = meta_train.meta_config(c)
+def test_every_library_meta_config_variant_builds_its_dataclasses():
+    """Each variant of mgdd_jax/configs/meta.py builds MetaConfig, ValConfig and
+    MultihostConfig; unknown variants are refused; the source is a parameter."""
+    from mgdd_jax import multihost
+
+    for variant in meta_config.VARIANTS:
+        c = meta_config.get_config(variant)
+        meta_train.meta_config(c)
         assert meta_val.ValConfig.from_config(c.val).tasks > 0
+        multihost.MultihostConfig.from_config(c.distributed)
+        assert c.source == meta_config.DEFAULT_SOURCE
+    assert meta_config.get_config().to_dict() == meta_config.get_config("gpu").to_dict()
+    assert meta_config.get_config("cpu", source="digits").source == "digits"
     with pytest.raises(ValueError, match="variant"):
-        module.get_config("nope")
-    if module is meta_fmnist_split:
-        assert {v: (m.order, m.inner_opt, m.support, m.fixed_init) for v, m in built.items()
-                } == {"fomaml": ("first", "adam", "disjoint", True),
-                      "reptile": ("reptile", "adam", "disjoint", True),
-                      "maml": ("second", "adam", "disjoint", True),
-                      "alg1": ("second", "sgd", "in_batch", False),
-                      "alg1_first": ("first", "sgd", "in_batch", False),
-                      "meta_sgd": ("first", "meta_sgd", "disjoint", True)}
-    if module is meta_sources:  # one recipe, one transfer bank; only the source differs
-        assert len(set(built.values())) == 1
-        configs = [module.get_config(v) for v in module.VARIANTS]
-        assert {c.val.source for c in configs} == {module.BANK_SOURCE}
-        assert len({c.source for c in configs}) == len(configs)
-    if module is meta_shipped:  # the fractal source study's recipe from a random generator
-        cpu, gpu = built["cpu"], built["gpu"]
-        fractal = meta_train.meta_config(meta_sources.get_config("fractal"))
-        assert cpu == dataclasses.replace(fractal, init="random", steps=400)
-        assert gpu == dataclasses.replace(cpu, steps=5_000, tasks_per_step=64)
-        assert module.get_config("cpu").source == meta_sources.SOURCES["fractal"]
-    if module is meta_imagenet:
-        paper, bank = built["paper"], built["bank"]
-        assert (paper.order, paper.inner_opt, paper.tasks_per_step, paper.steps) == (
-            "second", "sgd", 1, 200_000)  # Tab. 7 as written
-        assert (bank.inner_opt, bank.support, bank.fixed_init, bank.tasks_per_step) == (
-            "adam", "disjoint", True, 16)
+        meta_config.get_config("nope")
+    assert meta_train.meta_config(meta_config.base_config("digits")).steps == 200_000
 
 
 # ------------------------------------------------------------------------------ class subsets

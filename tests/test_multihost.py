@@ -1,124 +1,24 @@
-"""Multi-host meta-training for real: two JAX processes on this machine (issue 13).
+"""Multi-host meta-training (issue 13), the library's part: two JAX processes on this machine
+agree through mgdd_jax.multihost (each with 2 CPU devices, joined through ``jax.distributed``
+on a free loopback port), each process draws only its tasks, and the distributed config is
+checked before anything starts.
 
-Each process has 2 CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=2``); they
-join through ``jax.distributed`` on a free loopback port (127.0.0.1) and run the step's
-all-reduce with gloo over TCP, a 4-device mesh over two processes. The reference is one
-process with 4 devices running the same config (the smoke config on a small npz source, 4
-tasks per step). Every subprocess runs the real launcher (through
-``tests/_multihost_worker.py``, which records the run files it writes), in its own session,
-is waited for with a timeout, and is killed by its pid if the test ends before it does.
+The whole run through the launcher (two processes that die, resume and match one process
+with 4 devices; the refusals of a busy port, disagreeing processes and a missing one) is in
+tests/launchers/test_multihost.py. Every subprocess runs in its own session, is waited for
+with a timeout, and is killed by its pid if the test ends before it does.
 """
 
-import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from experiments.configs import meta_glyphs
-from mgdd_jax import checkpoint, data, meta, meta_train, multihost, outputs
-from mgdd_jax import generator as gen
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(REPO, "tests", "_multihost_worker.py")
-GEN = gen.GeneratorConfig(width=4, embed_dim=8, embed_channels=2, image_channels=1)
-STEPS = 6
-# The smoke config, 4 tasks per step (one per device), cut to what compiles fastest on a CPU
-# (one inner step, first order, one-layer feature networks): the cross-process all-reduce
-# and every file the run writes are the same as at any size. The source is a small npz file
-# (loading scikit-learn's digits costs each process seconds of jax compiles).
-RUN = ["--config=experiments/configs/meta_glyphs.py:smoke", "--config.meta.tasks_per_step=4",
-       f"--config.meta.steps={STEPS}", "--config.meta.inner_steps=1",
-       "--config.meta.order=first", "--config.feature.depth=1"]
-# Bounded waits, short enough for a test: joining, a silent (dead) process, exit.
-BOUNDS = ["--config.distributed.initialization_timeout_s=60",
-          "--config.distributed.heartbeat_timeout_s=5",
-          "--config.distributed.shutdown_timeout_s=10"]
-RUN_FILES = ("config.json", "metrics.jsonl", "loss_curve.png", f"run_until_step{STEPS}.json")
-TIMEOUT = 100  # seconds for any one subprocess
-
-
-def _env(devices, write_log, cache):
-    env = {k: v for k, v in os.environ.items() if "_proxy" not in k.lower()}  # loopback only
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                         # compile time dominates these runs; same flags for every process
-                         "--xla_backend_optimization_level=0 "
-                         "--xla_llvm_disable_expensive_passes=true",
-               JAX_PLATFORMS="cpu", MGDD_WRITE_LOG=str(write_log),
-               PYTHONPATH=os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")])),
-               # One compilation cache for this module's processes: the step is compiled
-               # once per topology (the CPU compiles dominate these runs), not per launch.
-               JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return env
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _multihost_flags(port, num_processes, process_id, bounds=BOUNDS):
-    return ["--config.multihost=True",
-            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-            f"--config.distributed.num_processes={num_processes}",
-            f"--config.distributed.process_id={process_id}", *bounds]
-
-
-class Procs:
-    """The subprocesses of one test: started with logs, waited with timeouts, killed."""
-
-    def __init__(self, tmp_path, cache, source):
-        self.tmp_path, self.cache, self.started = tmp_path, cache, []
-        self.run = [*RUN, f"--config.source=npz:{source}"]
-
-    def start(self, name, args, *, port, devices=2, code=None):
-        """``python WORKER ARGS`` (the launcher), or ``python -c CODE ARGS``; a coordinator
-        started by it listens on 127.0.0.1:port only (jax's default: every interface)."""
-        log = self.tmp_path / f"{name}.log"
-        program = [WORKER] if code is None else ["-c", code]
-        env = _env(devices, self.tmp_path / f"{name}.writes", self.cache)
-        env["JAX_COORDINATOR_BIND_ADDRESS"] = f"127.0.0.1:{port}"
-        with open(log, "w") as out:
-            p = subprocess.Popen([sys.executable, *program, *args], cwd=REPO, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        p.name, p.log, p.writes = name, log, self.tmp_path / f"{name}.writes"
-        self.started.append(p)
-        return p
-
-    def pair(self, name, workdir, *extra, num_processes=(2, 2), bounds=BOUNDS):
-        port = _free_port()
-        return [self.start(f"{name}{i}", [*self.run, *extra, f"--workdir={workdir}",
-                                          *_multihost_flags(port, num_processes[i], i, bounds)],
-                           port=port)
-                for i in (0, 1)]
-
-    def wait(self, procs, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        for p in procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.kill()
-                pytest.fail(f"{p.name} still running after {timeout}s:\n{self.tails()}")
-        return [p.returncode for p in procs]
-
-    def kill(self):
-        for p in self.started:
-            if p.poll() is None:
-                p.kill()  # by pid: only what this test started
-                p.wait(timeout=30)
-
-    def tails(self):
-        return "\n".join(f"--- {p.name}:\n{p.log.read_text()[-2500:]}" for p in self.started)
+from mgdd_jax import data, meta, meta_train, multihost
+from mgdd_jax.configs import meta as meta_config
+from tests._helpers import Procs, write_tiny_npz_source
+from tests._helpers import free_port as _free_port
 
 
 @pytest.fixture(scope="module")
@@ -129,203 +29,17 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """10 classes of 24 random 8x8 grey images (the tasks need 8 per class)."""
-    path = tmp_path_factory.mktemp("source") / "tiny.npz"
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(10), 24)
-    x = rng.integers(0, 256, (len(y), 8, 8), dtype=np.uint8)
-    np.savez(path, x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
-    return path
+    return write_tiny_npz_source(tmp_path_factory.mktemp("source") / "tiny.npz")
 
 
 @pytest.fixture
-def procs(tmp_path, cache, source):
-    ps = Procs(tmp_path, cache, source)
+def procs(tmp_path, cache):
+    ps = Procs(tmp_path, cache)
     yield ps
     ps.kill()
 
 
-class Reference:
-    """The same run in one process with 4 devices (no jax.distributed), started at once and
-    run alongside the first two-process run (the CPU compiles overlap)."""
-
-    def __init__(self, tmp, cache, source):
-        self.workdir = tmp / "w"
-        self.log = tmp / "reference.log"
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, WORKER, *RUN, f"--config.source=npz:{source}",
-                 f"--workdir={self.workdir}"], cwd=REPO,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env=_env(4, tmp / "writes", cache))
-        self._state = None
-
-    def state(self):
-        if self._state is None:
-            try:
-                rc = self.proc.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                pytest.fail(f"the reference run took over {TIMEOUT}s")
-            assert rc == 0, self.log.read_text()[-3000:]
-            self._state = _final_state(self.workdir)
-        return self._state
-
-
-@pytest.fixture(scope="module")
-def one_process_four_devices(tmp_path_factory, cache, source):
-    ref = Reference(tmp_path_factory.mktemp("reference"), cache, source)
-    yield ref
-    if ref.proc.poll() is None:
-        ref.proc.kill()
-        ref.proc.wait(timeout=30)
-
-
-def _final_state(workdir):
-    """The last checkpoint's ``{"params", "opt_state"}``, restored onto this process's one
-    device (the runs saved them replicated over 4 devices)."""
-    ckpts = os.path.join(workdir, "checkpoints")
-    step, stored = checkpoint.read_meta(ckpts)
-    assert step == STEPS, step
-    mcfg = meta.MetaConfig.from_dict(stored["info"]["meta"])
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-        jax.eval_shape(lambda: meta.init_meta_state(
-            gen.init_generator(jax.random.key(0), (8, 8, 1), GEN), mcfg, meta.task_mesh())))
-    with checkpoint.open_train_state_manager(ckpts) as mngr:
-        return checkpoint.restore_train_state(mngr, step, target)
-
-
-def _assert_same_params(got, want):
-    """Equal where the meta-gradient is more than round-off; ignored where it is zero.
-
-    Some parameters get an exactly zero gradient (a convolution's bias, and its weights on
-    spatially constant input channels, right before an instance norm), i.e. pure round-off,
-    which differs with the all-reduce's summation order (gloo across processes, XLA within
-    one) and which Adam scales up to steps of order ``outer_lr``. Adam's second moment
-    tells them apart: about 1e-11 for those against 1e-3 for the largest gradients.
-    """
-    nu = jax.tree.leaves(want["opt_state"][0].nu)  # the reference's Adam second moment
-    top = max(float(np.sqrt(np.max(v))) for v in nu)
-    compared = total = 0
-    for a, b, v in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(want["params"]), nu,
-                       strict=True):
-        real = np.sqrt(np.asarray(v)) > 1e-6 * top
-        np.testing.assert_allclose(np.asarray(a)[real], np.asarray(b)[real], rtol=1e-5,
-                                   atol=1e-6)
-        compared, total = compared + real.sum(), total + real.size
-    assert compared > 0.9 * total, (compared, total)  # the mask leaves out a few only
-
-
-def _writes(p):
-    return p.writes.read_text().splitlines() if p.writes.exists() else []
-
-
-# ------------------------------------------------------------------------------ the run
-def test_two_processes_die_resume_and_match_one_process(procs, tmp_path,
-                                                        one_process_four_devices):
-    """The life of a two-process run, against one process with 4 devices (the reference,
-    running meanwhile):
-
-    1. process 1 is killed (SIGKILL) after the first checkpoint; process 0 must end with an
-       error within a bounded time (heartbeat_timeout_s=5), not wait forever;
-    2. with both dead, the same two commands again resume from the latest checkpoint (orbax
-       restores the state saved by both processes) and finish;
-    3. the parameters after STEPS steps are the reference's, the checkpoint loads as a
-       generator on one device, and only process 0 wrote the run files, each once per run.
-
-    One run covers both claims (two processes = one, resumed = straight): a bug in either
-    would show as a difference from the reference. Kept to one test for time (CI: < 2 min).
-    """
-    w = tmp_path / "w"
-    pair = procs.pair("died", w)
-    ckpts = w / "checkpoints"
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline and all(p.poll() is None for p in pair):
-        if ckpts.is_dir() and any(n.isdigit() for n in os.listdir(ckpts)):
-            break
-        time.sleep(0.01)
-    assert all(p.poll() is None for p in pair), procs.tails()
-    pair[1].send_signal(signal.SIGKILL)
-    t0 = time.monotonic()
-    rc = procs.wait(pair[:1], timeout=60)[0]
-    took = time.monotonic() - t0
-    log = pair[0].log.read_text()
-    assert rc != 0 and took < 30, (rc, took, log[-3000:])
-    # Ours when the step's collective fails; jax's when process 0 was waiting elsewhere.
-    assert ("another process most likely died" in log or
-            "This most likely indicates that another task died" in log), log[-3000:]
-    procs.wait(pair)
-    killed_at = checkpoint.latest_step(str(ckpts))
-    assert killed_at is not None and 0 < killed_at < STEPS, (killed_at, procs.tails())
-
-    again = procs.pair("resumed", w)  # the same commands again (on a fresh port)
-    assert procs.wait(again) == [0, 0], procs.tails()
-    assert f"resumed from step {killed_at}" in again[0].log.read_text()
-    state = _final_state(w)
-    _assert_same_params(state, one_process_four_devices.state())
-    params, _ = checkpoint.load_generator(str(ckpts), GEN, (8, 8, 1))  # on one device
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state["params"]), strict=True):
-        np.testing.assert_array_equal(a, b)
-
-    rows = [r["step"] for r in outputs.read_jsonl(str(w / "metrics.jsonl"))]
-    # Step 0 (the identity, scored by the validation bank) once, then none lost or repeated.
-    assert rows == list(range(0, STEPS + 1)), rows
-    summary = json.loads((w / f"run_until_step{STEPS}.json").read_text())
-    assert (summary["num_processes"], summary["num_devices"]) == (2, 4)
-    assert sorted(n for n in os.listdir(w) if not n.startswith(".")) == sorted(
-        [*RUN_FILES, "checkpoints"])
-    # Only process 0 writes run files (orbax writes the checkpoints), each once per run.
-    assert _writes(pair[1]) == [] and _writes(again[1]) == []
-    once = {"write config.json", "write metrics.jsonl"}  # config; metrics cut to the resume
-    died, resumed = _writes(pair[0]), _writes(again[0])
-    assert set(died) == once | {"append metrics.jsonl"}, died  # killed before the end
-    assert set(resumed) == once | {"append metrics.jsonl", "write loss_curve.png",
-                                   f"write run_until_step{STEPS}.json"}, resumed
-    for writes in (died, resumed):
-        assert all(writes.count(x) == 1 for x in set(writes) - {"append metrics.jsonl"})
-    assert resumed.count("append metrics.jsonl") == STEPS - killed_at
-
-
-# ------------------------------------------------------------------------------ failures
-def test_busy_coordinator_port_is_refused(procs, tmp_path):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        p = procs.start("busy0", [*procs.run, f"--workdir={tmp_path / 'w'}",
-                                  *_multihost_flags(port, 2, 0)], port=port)
-        assert procs.wait([p]) == [2], procs.tails()
-    last = p.log.read_text().strip().splitlines()[-1]
-    assert last.startswith("error: ") and f"port {port}" in last and "in use" in last, last
-    assert not (tmp_path / "w").exists()
-
-
-def test_processes_that_disagree_on_num_processes_are_refused(procs, tmp_path):
-    pair = procs.pair("disagree", tmp_path / "w", num_processes=(2, 3))
-    assert procs.wait(pair) == [2, 2], procs.tails()
-    for p, (mine, theirs) in zip(pair, [(2, 3), (3, 2)]):
-        last = p.log.read_text().strip().splitlines()[-1]
-        assert last.startswith("error: ") and "Traceback" not in p.log.read_text(), last
-        assert f"num_processes={mine} but process" in last and f"with {theirs};" in last, last
-
-
-def test_a_missing_process_ends_the_others_after_the_join_timeout(procs, tmp_path):
-    """Process 1 never starts: jax ends process 0 after initialization_timeout_s (with its
-    own DEADLINE_EXCEEDED message); the line before it says what was being waited for."""
-    bounds = ["--config.distributed.initialization_timeout_s=3", *BOUNDS[1:]]
-    port = _free_port()
-    p = procs.start("alone0", [*procs.run, f"--workdir={tmp_path / 'w'}",
-                               *_multihost_flags(port, 2, 0, bounds)], port=port)
-    t0 = time.monotonic()
-    rc = procs.wait([p], timeout=60)[0]
-    log = p.log.read_text()
-    assert rc != 0 and time.monotonic() - t0 < 40, (rc, log[-3000:])
-    assert "joining the multi-host run as process 0 of 2 via coordinator 127.0.0.1:" in log
-    assert "waiting up to 3s for all processes" in log and "DEADLINE_EXCEEDED" in log, log
-    assert not (tmp_path / "w").exists()
-
-
+# ------------------------------------------------------------------------------ processes
 AGREE = """
 import sys
 from mgdd_jax import multihost
@@ -354,7 +68,7 @@ def test_each_process_draws_only_its_tasks_the_same_ones(source):
     """Task j's images and key do not depend on which other tasks are drawn with it, so the
     processes' parts put together are the one-process batch."""
     ds = data.load_dataset(f"npz:{source}")
-    cfg = meta_train.meta_config(meta_glyphs.get_config("smoke"))
+    cfg = meta_train.meta_config(meta_config.get_config("smoke"))
     cfg = meta.MetaConfig.from_dict({**cfg.to_dict(), "tasks_per_step": 4})
     key = jax.random.key(3)
     whole, keys = meta.step_inputs(key, 5, ds.x_train, ds.y_train, 10, cfg)
@@ -374,7 +88,7 @@ def test_each_process_draws_only_its_tasks_the_same_ones(source):
 
 
 def test_distributed_config_is_checked_before_anything_starts(tmp_path):
-    c = meta_glyphs.get_config("smoke").distributed
+    c = meta_config.get_config("smoke").distributed
     assert multihost.MultihostConfig.from_config(c).process_id == -1  # -1, 0, "": detected
     for change, match in [({"coordinator_address": "10.0.0.1"}, "host:port"),
                           ({"coordinator_address": "h:99999"}, "host:port"),
@@ -385,7 +99,7 @@ def test_distributed_config_is_checked_before_anything_starts(tmp_path):
     with pytest.raises(ValueError, match="unknown.*timeout"):
         multihost.MultihostConfig.from_config({**c.to_dict(), "timeout": 1})
     # A bad distributed setting stops prepare before any work, whether multihost or not.
-    cfg = meta_glyphs.get_config("smoke")
+    cfg = meta_config.get_config("smoke")
     cfg.source, cfg.distributed.num_processes = "digits", -1
     with pytest.raises(ValueError, match="num_processes"):
         meta_train.prepare(cfg, str(tmp_path / "w"))

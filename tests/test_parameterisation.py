@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import distill
+from mgdd_jax.cli import distill
 from mgdd_jax.configs import distill as distill_config
 from mgdd_jax import krr, nets, objective, parameterisation
 from mgdd_jax import generator as gen

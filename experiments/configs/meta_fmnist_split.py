@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs.meta_glyphs import base_config
+from mgdd_jax.configs.meta import base_config
 
 VARIANTS = ("fomaml", "reptile", "maml", "alg1", "alg1_first", "meta_sgd")
 

@@ -48,9 +48,9 @@ import re
 import stat
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from mgdd_jax.data import glyphs
 from mgdd_jax.data.dataset import RawData
@@ -59,6 +59,9 @@ from mgdd_jax.data.glyph_format import corpus_key
 from mgdd_jax.data.preprocess import CACHE_ENV_VAR, resolve_cache_dir
 from mgdd_jax.data.validation import MIN_IMAGE_HEIGHT
 from mgdd_jax.outputs import atomic_path
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +226,17 @@ def _listing(paths: Sequence[object], limit: int = _MAX_LISTED) -> str:
     return f"\n    {shown}{more}"
 
 
+def _pil():
+    """Pillow's ``Image`` and ``ImageOps``, imported on first use (loading any other dataset,
+    or importing :mod:`mgdd_jax.data`, does not import Pillow)."""
+    from PIL import Image, ImageOps
+
+    return Image, ImageOps
+
+
 def _image_suffixes() -> frozenset[str]:
     """File suffixes Pillow can open (``.png``, ``.jpg``, ``.webp``, ...)."""
+    Image, _ = _pil()
     Image.init()
     return frozenset(ext for ext, fmt in Image.registered_extensions().items()
                      if fmt in Image.OPEN)
@@ -437,8 +449,9 @@ class _Decoded:
     error: str | None = None
 
 
-def _to_8bit(img: Image.Image, color: str) -> Image.Image:
+def _to_8bit(img: PIL.Image.Image, color: str) -> PIL.Image.Image:
     """An ``L`` (grey) or ``RGB`` image; 16-bit grey is scaled to 8 bits."""
+    Image, _ = _pil()
     if img.mode.startswith("I;16"):
         wide = np.asarray(img, np.uint32)
         img = Image.fromarray(((wide + 128) // 257).astype(np.uint8))
@@ -448,6 +461,7 @@ def _to_8bit(img: Image.Image, color: str) -> Image.Image:
 
 def decode_image(path: str | os.PathLike, spec: ImageFolderSpec) -> _Decoded:
     """Decodes one file to uint8 pixels with ``spec``'s size and colour options."""
+    Image, ImageOps = _pil()
     try:
         with Image.open(path) as img:
             img.load()  # a truncated file fails here

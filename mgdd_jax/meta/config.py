@@ -41,8 +41,9 @@ class MetaConfig:
     """Hyper-parameters of Alg. 1 (the paper's Tab. 7, meta-learning stage).
 
     Every field is required: the values live in the config files only (a config with the
-    subtrees ``meta`` and ``feature``; the launcher's configs are examples, one of them the
-    paper's recipe), and :func:`from_config` builds this from those two subtrees.
+    subtrees ``meta`` and ``feature``: the library's :mod:`mgdd_jax.configs.meta`, whose
+    ``base_config`` is the paper's recipe, and the launcher's configs built on it), and
+    :func:`from_config` builds this from those two subtrees.
 
     Attributes:
       steps: meta-testing iterations T' (outer steps; also the cosine schedule's length).

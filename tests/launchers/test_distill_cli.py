@@ -12,8 +12,7 @@ from experiments import distill
 from mgdd_jax.configs import distill as distill_config
 from mgdd_jax import checkpoint, data
 from mgdd_jax import generator as gen_lib
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._helpers import REPO
 
 
 def smoke(**overrides):

@@ -9,6 +9,7 @@ import pytest
 from experiments import distill
 from experiments.paper import adaptation_curve, cross_ipc
 from mgdd_jax.configs import distill as distill_config
+from tests._helpers import REPO
 
 
 def smoke(out, ipc):
@@ -228,7 +229,7 @@ def test_bank_horizon_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     import subprocess
     import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = REPO
     cmd = [sys.executable, "-m", "experiments.meta_studies.bank_horizon",
            "--config=experiments/configs/meta_glyphs.py:smoke", "--config.source=digits",
            "--meta_checkpoint=nowhere", "--horizons=0,-5", f"--out={tmp_path / 'o'}"]
@@ -253,7 +254,7 @@ def test_dc_step_benchmark_measures_both_layouts_alike(tmp_path):
         assert r["n_s"] == 20 and r["n_t"] == 30
         assert r["seconds_flat"] > 0 and r["seconds_grouped"] > 0 and r["gflops_flat"] > 0
         assert r["loss_rel_diff"] < 1e-5 and r["grad_rel_diff"] < 1e-4
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = REPO
     out = tmp_path / "dc.json"
     p = subprocess.run([sys.executable, "-m", "experiments.benchmarks.dc_step", "--ipcs=1,0",
                         f"--out={out}"], check=False, cwd=repo, capture_output=True, text=True,

@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pytest
-from test_benchmark import smoke  # tests/ is on sys.path (pytest prepend import mode)
 
 from experiments.paper import benchmark, cross_arch
 from mgdd_jax import evaluation
+from tests.launchers.test_benchmark import smoke
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """``python -m experiments.meta_train ARGS``, recording which run files this process writes.
 
-Used by tests/test_multihost.py: every path this process writes through
+Used by tests/launchers/test_multihost.py: every path this process writes through
 ``mgdd_jax.outputs`` (the one atomic writer, and the metrics appender) is appended as a line
 to the file ``$MGDD_WRITE_LOG``, so the test can check that only process 0 writes the
 workdir's metrics, figure and JSON files, each exactly once. orbax's checkpoint files do not

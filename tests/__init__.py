@@ -1,0 +1,1 @@
+"""The tests of the library (mgdd_jax); the lab's launchers are tested in tests/launchers/."""
