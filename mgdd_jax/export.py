@@ -102,7 +102,7 @@ def from_run(run_dir: str, ipc: int | None = None) -> ExportableSet:
     run_dir = os.path.abspath(os.fspath(run_dir))
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"--run={run_dir} is not a directory; pass the --out of a "
-                                "main-job run (python -m experiments.distill ... --out=DIR)")
+                                "main-job run (mgdd-jax distill ... --out=DIR)")
     have = sorted(int(m.group(1)) for f in os.listdir(run_dir)
                   if (m := re.fullmatch(r"ipc(\d+)\.npz", f)))
     if ipc is None:

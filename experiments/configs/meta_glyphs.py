@@ -11,17 +11,10 @@ synthetic images), ``cpu`` (first-order, small tasks: what a 2-core CPU can take
 The generator architecture matches ``mgdd_jax/configs/distill.py`` (width 32), so the
 result loads as its ``--meta_checkpoint``.
 
-The values are the library's (``mgdd_jax/configs/meta.py``, the single source: its
-variants of the same names on the glyph source; ``base_config``, which the other meta configs
-here build on, is re-exported from there). ``mgdd_jax.meta.MetaConfig`` has no defaults and
-is built from the ``meta`` and ``feature`` subtrees (``mgdd_jax.meta_train.meta_config``).
-Every field is a flag, e.g. ``--config.meta.inner_steps=3 --config.meta.order=first``;
-``meta`` holds every hyper-parameter of Tab. 7's meta stage (``steps`` T', ``inner_steps`` T,
-``inner_lr`` α, ``outer_lr`` β, ``final_lr_fraction`` η, ``b1``/``b2``, class, real and
-synthetic ranges, ``order``, ``inner_opt``, ``start_weight``, ``init``, ``support``,
-``fixed_init``, ``reg``; see
-``mgdd_jax.meta.MetaConfig``), ``feature`` the networks θ, θ*, ``val`` the validation bank
-(``mgdd_jax.meta_val.ValConfig``) a run is judged by.
+The values are the library's (``mgdd_jax/configs/meta.py``, the single source, which says
+what every field is): its variants of the same names on the glyph source. ``base_config``,
+which the other meta configs here build on, is re-exported from there. Every field is a flag,
+e.g. ``--config.meta.inner_steps=3 --config.meta.order=first``.
 """
 
 from __future__ import annotations

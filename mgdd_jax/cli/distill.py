@@ -1,6 +1,6 @@
 r"""The main job: distil a dataset with a (meta) generator, for one or several IPCs.
 
-    python -m experiments.distill --dataset=fashion_mnist --ipc=10 --out=runs/fmnist_ipc10
+    mgdd-jax distill --dataset=fashion_mnist --ipc=10 --out=runs/fmnist_ipc10
 
 Stages (MGDD Fig. 1b, Alg. 2): load and preprocess the data; solve the Eq. 3 label model
 once (fixed random θ, the whole training set); adapt the generator from the meta checkpoint
