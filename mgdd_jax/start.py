@@ -17,6 +17,9 @@ kept at :func:`~mgdd_jax.generator.init_generator`'s fixed replicate / average m
 
 :func:`make_start` builds ω₀ from ``(s, m)``; the adaptation learning rate is the third number
 of a start, kept with it by the caller (e.g. a per-IPC table in the config).
+:func:`reptile_average` moves such a start by the mean displacement of whole Alg. 2
+adaptations on source tasks (long-horizon Reptile), and :func:`delta_agreement` measures
+whether those displacements agree at all.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from mgdd_jax import generator as gen_lib
+from mgdd_jax.meta.step import gradient_agreement
 
 # The Conv→norm→ReLU blocks of the generator (Fig. 7), encoder then decoder.
 BLOCKS: tuple[str, ...] = ("enc0", "enc1", "enc2", "dec0", "dec1", "dec2")
@@ -90,3 +94,46 @@ def make_start(core: Mapping[str, Any], config: gen_lib.GeneratorConfig, *, scal
                             "kernel": layer[conv_name]["kernel"] * factor}
         params[block] = layer
     return params
+
+
+def reptile_average(start_params: Any, adapted: list[Any], beta: float,
+                    mask: Mapping[str, bool] | None = None) -> Any:
+    """Long-horizon Reptile by averaging (Nichol et al. 2018, batched): ω₀ + β·mean_i(ω_i − ω₀).
+
+    ``adapted`` are the ends ω_i of ordinary Alg. 2 adaptations (lines 5-12) from
+    ``start_params`` on source tasks; one call is one outer step with Reptile's meta-gradient
+    mean_i(ω₀ − ω_i) and step size β (β = 1 moves ω₀ to the average adapted generator).
+    ``mask`` (``{top-level layer: bool}``) restricts the move to the layers marked True (the
+    others keep ω₀); layers not named are moved.
+    """
+    if not adapted:
+        raise ValueError("reptile_average needs at least one adapted generator")
+    if not isinstance(beta, (int, float)) or beta < 0:
+        raise ValueError(f"beta must be a number >= 0, got {beta!r}")
+    structure = jax.tree.structure(start_params)
+    for i, p in enumerate(adapted):
+        if jax.tree.structure(p) != structure:
+            raise ValueError(f"adapted generator {i} has another parameter tree than the start")
+    unknown = sorted(set(mask or {}) - set(start_params))
+    if unknown:
+        raise ValueError(f"mask names layers {unknown} the generator does not have; its "
+                         f"layers are {sorted(start_params)}")
+    mean = jax.tree.map(lambda *a: jnp.mean(jnp.stack(a), axis=0), *adapted)
+    moved = jax.tree.map(lambda w0, w: w0 + beta * (w - w0), start_params, mean)
+    return {k: (moved[k] if (mask or {}).get(k, True) else start_params[k])
+            for k in start_params}
+
+
+def delta_agreement(start_params: Any, adapted: list[Any]) -> dict[str, float]:
+    """Mean pairwise cosine of the displacements Δ_i = ω_i − ω₀, over all parameters
+    (``"all"``) and per top-level layer: does Reptile's average point somewhere (≫ 0) or do
+    the tasks pull in unrelated directions (≈ 0)? :func:`mgdd_jax.meta.step.gradient_agreement`
+    on the stacked Δ_i."""
+    n = len(adapted)
+    if n < 2:
+        raise ValueError(f"delta_agreement needs at least 2 adapted generators, got {n}")
+    deltas = jax.tree.map(lambda w0, *w: jnp.stack(w) - w0, start_params, *adapted)
+    result = {"all": float(gradient_agreement(deltas, n, axis_name=None))}
+    for layer in sorted(deltas):
+        result[layer] = float(gradient_agreement(deltas[layer], n, axis_name=None))
+    return result

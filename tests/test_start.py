@@ -110,3 +110,58 @@ def test_bad_starts_are_refused():
                          multipliers={"enc0": 2.0})
     with pytest.raises(ValueError, match=r"lacks the generator layers \['out'\]"):
         start.make_start({k: v for k, v in core.items() if k != "out"}, CFG, scale=1.0)
+
+
+def _toy_tree(values):
+    """A two-layer toy parameter tree: {"a": {"kernel": (2,)}, "b": {"bias": (1,)}}."""
+    return {"a": {"kernel": jnp.asarray(values[:2], jnp.float32)},
+            "b": {"bias": jnp.asarray(values[2:], jnp.float32)}}
+
+
+def test_reptile_average_against_a_hand_computed_one():
+    w0 = _toy_tree([1.0, 2.0, 3.0])
+    adapted = [_toy_tree([2.0, 2.0, 5.0]), _toy_tree([1.0, 6.0, 1.0])]
+    # mean Δ = ([0.5, 2.0], [0.0]); β = 0.5 moves ω₀ by half of it
+    out = start.reptile_average(w0, adapted, 0.5)
+    np.testing.assert_allclose(out["a"]["kernel"], [1.25, 3.0])
+    np.testing.assert_allclose(out["b"]["bias"], [3.0])
+    # β = 1 is the average adapted generator; β = 0 the start
+    np.testing.assert_allclose(start.reptile_average(w0, adapted, 1.0)["a"]["kernel"], [1.5, 4.0])
+    np.testing.assert_array_equal(start.reptile_average(w0, adapted, 0.0)["a"]["kernel"],
+                                  w0["a"]["kernel"])
+    # a mask keeps the unmarked layers at ω₀
+    masked = start.reptile_average(w0, adapted, 1.0, mask={"b": False})
+    np.testing.assert_allclose(masked["a"]["kernel"], [1.5, 4.0])
+    np.testing.assert_array_equal(masked["b"]["bias"], w0["b"]["bias"])
+
+
+def test_delta_agreement_against_numpy_cosines():
+    w0 = _toy_tree([0.0, 0.0, 0.0])
+    vecs = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, -1.0]])
+    got = start.delta_agreement(w0, [_toy_tree(v) for v in vecs])
+
+    def mean_cos(m):
+        u = m / np.linalg.norm(m, axis=1, keepdims=True)
+        c = u @ u.T
+        return (c.sum() - len(m)) / (len(m) * (len(m) - 1))
+
+    np.testing.assert_allclose(got["all"], mean_cos(vecs), rtol=1e-6)
+    np.testing.assert_allclose(got["a"], mean_cos(vecs[:, :2]), rtol=1e-6)
+    np.testing.assert_allclose(got["b"], mean_cos(vecs[:, 2:]), rtol=1e-6)
+    # identical displacements agree fully
+    same = start.delta_agreement(w0, [_toy_tree([1.0, 2.0, 3.0])] * 3)
+    np.testing.assert_allclose(same["all"], 1.0, rtol=1e-6)
+
+
+def test_bad_reptile_inputs_are_refused():
+    w0 = _toy_tree([0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="at least one"):
+        start.reptile_average(w0, [], 1.0)
+    with pytest.raises(ValueError, match="beta"):
+        start.reptile_average(w0, [w0], -1.0)
+    with pytest.raises(ValueError, match="another parameter tree"):
+        start.reptile_average(w0, [{"a": w0["a"]}], 1.0)
+    with pytest.raises(ValueError, match="does not have"):
+        start.reptile_average(w0, [w0], 1.0, mask={"c": True})
+    with pytest.raises(ValueError, match="at least 2"):
+        start.delta_agreement(w0, [w0])

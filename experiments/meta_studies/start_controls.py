@@ -16,7 +16,8 @@ The starts: ``fresh`` (identity at step 0; ``--nofresh`` drops it), ``meta`` (th
 ``meta_checkpoint``, when set), ``scratch`` (``--scratch``: ``generator.random_generator``,
 random channel adaptors), ``core_s{s}`` for each ``--core_scales`` value (``mgdd_jax.start``:
 the set's random core with the fixed adaptors, output residual × s; ``core_s1`` is scratch
-with fixed adaptors, and each set draws its own core), and with ``--v2_controls`` the meta
+with fixed adaptors, and each set draws its own core), ``searched_<name>`` (``--search``: the
+winner of :mod:`experiments.meta_studies.start_search`, on its one fixed core), and with ``--v2_controls`` the meta
 checkpoint's own random start (``meta_start``: ω at its meta step 0, from its run seed) and
 that start plus isotropic Gaussian noise of the checkpoint's per-tensor rms displacement
 (``meta_noise``): if ``meta`` and ``meta_noise`` adapt alike, meta-training added nothing but
@@ -80,10 +81,25 @@ def meta_controls(meta_checkpoint: str, image_shape: tuple[int, int, int],
                             ("meta_noise", jax.tree.unflatten(tree, noisy)))}
 
 
-def starts_of(core_scales: list[float], v2_controls: bool, meta_checkpoint: str):
+def searched_start(search_json: str) -> tuple[str, int, float, float, float]:
+    """``(name, core_seed, s, m, α)`` of a :mod:`experiments.meta_studies.start_search` winner."""
+    with open(search_json) as fh:
+        found = json.load(fh)
+    best = found["best"]
+    return (f"searched_{best['name']}", int(found["core_seed"]), float(best["scale"]),
+            float(best["multiplier"]), float(best["learning_rate"]))
+
+
+def starts_of(core_scales: list[float], v2_controls: bool, meta_checkpoint: str,
+              search_json: str = ""):
     """``curve``'s ``extra_starts`` for the flags (module docstring)."""
     def extra(keys, ds, fit):
         found = {}
+        if search_json:  # the searched start: the fixed core of the search, not the set's
+            name, core_seed, s, m, _ = searched_start(search_json)
+            core = start.random_core(jax.random.key(core_seed), ds.image_shape, fit.gen_config)
+            found[name] = start.make_start(core, fit.gen_config, scale=s,
+                                           multipliers={b: m for b in start.BLOCKS})
         if core_scales:
             core = start.random_core(keys["generator"], ds.image_shape, fit.gen_config)
             for s in core_scales:
@@ -154,12 +170,15 @@ def main(argv):
             raise ValueError("--v2_controls needs --meta_checkpoint (a random-start meta run)")
         # The cells of one set of starts; "fresh" alone keeps the bare names.
         tag = "+".join(["fresh"] * f.fresh + [f"core{s:g}" for s in core_scales]
+                       + ["searched"] * bool(f.search)
                        + ["meta"] * bool(config.meta_checkpoint) + ["scratch"] * f.scratch
                        + ["v2controls"] * f.v2_controls)
         if not tag:
             raise ValueError("no start to run: give --fresh, --core_scales, --scratch or a "
                              "--meta_checkpoint")
-        extra = starts_of(core_scales, f.v2_controls, config.meta_checkpoint)
+        if f.search:
+            searched_start(f.search)  # an unreadable file fails here
+        extra = starts_of(core_scales, f.v2_controls, config.meta_checkpoint, f.search)
         out = config.out
         outputs.check_resumable_out(out)
         cells_dir = os.path.join(out, "cells")
@@ -211,6 +230,8 @@ if __name__ == "__main__":
     flags.DEFINE_bool("fresh", True, "Adapt from the fresh (identity) generator.")
     flags.DEFINE_list("core_scales", [], "Output-residual scales s of core starts "
                       "(mgdd_jax.start), e.g. 1 for scratch with fixed adaptors.")
+    flags.DEFINE_string("search", "", "Also the winner of this start_search search.json "
+                        "(its fixed core, s and m; the rate is --lrs').")
     flags.DEFINE_bool("v2_controls", False, "Also the meta checkpoint's own random start and "
                       "that start plus noise of its per-tensor rms displacement.")
     app.run(main, argv=cli.with_config_names(sys.argv, distill.DEFAULT_CONFIG))
