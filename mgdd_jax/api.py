@@ -44,7 +44,7 @@ from mgdd_jax.progress import stage
 
 DISTILLER_FORMAT = "mgdd_jax.distiller/1"
 # ``meta=`` values of :func:`fit` that are not checkpoint paths.
-META_FROM_CONFIG = "default"  # the config's meta_checkpoint (the shipped one for ``cpu``)
+META_FROM_CONFIG = "default"  # the config's meta_checkpoint (fresh for the built-in configs)
 META_FRESH = "fresh"  # a fresh generator: exactly the identity at step 0
 # Real images per class kept by :meth:`Distiller.save` to draw new initialisations from.
 SAVED_POOL_PER_CLASS = 50
@@ -315,8 +315,9 @@ def fit(
         afterwards.
       key: PRNG key of the whole job.
       config: a distill config (:func:`default_config`); default the ``cpu`` variant.
-      meta: ``"default"`` (the config's ``meta_checkpoint``: the shipped meta generator for
-        ``cpu``), ``"fresh"``, or a checkpoint directory.
+      meta: ``"default"`` (the config's ``meta_checkpoint``: the fresh generator for the
+        built-in configs), ``"fresh"``, or a checkpoint directory (e.g.
+        ``configs.distill.SHIPPED_META_CHECKPOINT``, the v2 meta generator).
       num_classes, class_names: the classes (default: from the labels).
       zca: ZCA-whiten after standardising (as for the RGB benchmarks).
       progress: print stage lines and a progress line.

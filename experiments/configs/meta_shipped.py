@@ -1,4 +1,10 @@
-r"""The shipped meta generator's recipe (issue 10, items 5-6): what the instruments chose.
+r"""The v2 meta generator's recipe (issue 10, items 5-6): what the instruments chose.
+
+v2 is package data (``mgdd_jax/assets/meta_generator``) but **not the default start** since
+issue 30: over 3 distilled sets at the tuned α = 1e-3, 100 steps from it give 64.42 ± 2.12
+(Fashion-MNIST IPC 1) and 77.57 ± 0.55 (IPC 10) against the fresh generator's 65.22 ± 1.31 and
+77.72 ± 0.50 (``docs/studies/start_controls.md``): meta-training at this scale added nothing
+measurable, and its displacement from the random start is the size of a random walk.
 
     python -m experiments.meta_train --config=experiments/configs/meta_shipped.py:cpu \
         --workdir=runs/meta_shipped
@@ -13,9 +19,9 @@ disjoint from every benchmark target), with:
 
 * ``meta.init = "random"``: ω starts as the "w/o Meta" random generator instead of the
   identity. What this buys is not established: the random start itself adapts faster than the
-  identity at IPC 1, and most of the step-0 difference between this start and
-  ``generator.random_generator`` comes from the channel adaptors (fixed here, random there),
-  not from meta-training (``docs/studies/learned_start.md``).
+  identity at IPC 1 at α = 1e-4 (not at 1e-3), and the step-0 difference between this start
+  and ``generator.random_generator`` (51% against 36% at IPC 1) comes mostly from the channel
+  adaptors (fixed here, random there), not from meta-training.
 * ``meta.start_weight = 0`` (λ): with λ = 1 the random start was pulled back to an
   identity-like generator that adapts as slowly as the fresh one.
 * the cosine over the whole run (``meta.steps``), so the run ends at a low learning rate.

@@ -5,7 +5,9 @@ r"""MGDD Fig. 4: test accuracy after 0..T adaptation steps, meta generator vs fr
 
 Both starts use the same seed: the same label model, initial images, real batches and θ*
 draws, and the same evaluation keys; only the generator's starting parameters differ (the
-config's ``meta_checkpoint``, default the shipped one, vs a fresh identity-at-init generator).
+config's ``meta_checkpoint`` vs a fresh identity-at-init generator; the default config's is
+empty since issue 30, so pass ``--meta_checkpoint=mgdd_jax/assets/meta_generator`` for the
+shipped v2 meta generator).
 Writes ``curve.json`` and ``curve.png``. Takes the distill config (``--config``, variants
 cpu / paper / smoke) and its shorthands.
 

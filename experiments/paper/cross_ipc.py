@@ -3,7 +3,8 @@ r"""MGDD Fig. 3: adapt once with multi-initialisation on some IPCs, then generat
     python -m experiments.paper.cross_ipc --dataset=fashion_mnist --ipc=10,50 \
         --generate=1,5,10,20,30,50 --steps=1000 --out=results/paper/cross_ipc_fmnist
 
-The generator (from the config's ``meta_checkpoint``, default the shipped one) is adapted
+The generator (from the config's ``meta_checkpoint``: the default start, fresh since issue 30;
+``--meta_checkpoint=mgdd_jax/assets/meta_generator`` for the shipped v2 one) is adapted
 with multi-initialisation over the ``--ipc`` sizes; every ``--generate`` IPC is then produced
 by one forward pass of a fresh class-balanced initial set, with Eq. 3 labels (one-hot at
 IPC 1), and evaluated; random real images of the same IPC are evaluated alongside. Writes

@@ -8,8 +8,8 @@
   Fig. 4): every convolution kernel, the zero-initialised output conv and the channel adaptors
   included, drawn as flax initialises a plain ``nn.Conv`` (LeCun normal), so step 0 is not the
   identity (:func:`mgdd_jax.generator.random_generator`).
-* ``mgdd``: Alg. 2 from the meta generator of ``config.meta_checkpoint`` (the shipped one by
-  default).
+* ``mgdd``: Alg. 2 from the meta generator of ``config.meta_checkpoint`` (the benchmark
+  config's is the shipped v2 generator; the distill default start is ``identity``'s).
 
 All three generator methods run :func:`mgdd_jax.job.job_keys`' split of the method key, so for
 the same key they share the Eq. 3 label model, the initial images, the real batches and the θ*

@@ -3,7 +3,7 @@
 Commands:
 
 * ``distill``: the main job (:mod:`mgdd_jax.cli.distill`): Eq. 3 labels, Alg. 2 from the
-  shipped meta generator, every requested IPC, evaluation. ``--config`` takes a built-in
+  default start (a fresh generator, or ``--meta_checkpoint``), every requested IPC, evaluation. ``--config`` takes a built-in
   variant by name (``--config=smoke``, ``--config=paper``, ``--config=size=paper,eval=cpu``)
   or a config file (``--config=path.py:variant``); every field is ``--config.x=...``.
 * ``export``: a run's set as a portable folder (:mod:`mgdd_jax.cli.export`,

@@ -8,8 +8,10 @@ r"""Config of the baselines (:mod:`mgdd_jax.baselines`) and their benchmark.
 Variants: ``cpu`` (the distill ``cpu`` sizes and evaluation protocol), ``paper`` (the distill
 ``paper`` sizes: width-128 feature networks, n_t = 1024, FRePo's width-128 evaluation),
 ``smoke`` (tiny, for tests). The shared subtrees (``generator``, ``feature``, ``labels``,
-``adapt``, ``eval``, ``meta_checkpoint``) are the distill config's of the same size, so every
-method sees the same data, feature networks, real batch size and evaluation; ``frepo`` holds
+``adapt``, ``eval``) are the distill config's of the same size, so every method sees the
+same data, feature networks, real batch size and evaluation; ``meta_checkpoint`` (the
+``mgdd`` method's start) is the shipped v2 meta generator (the distill default start, fresh,
+is the ``identity`` method); ``frepo`` holds
 FRePo's own settings (``mgdd_jax/baselines/frepo.py`` says where each was read).
 """
 
@@ -65,6 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.long = False  # also a snapshot at 2000 steps
     c.out = ""  # default: the launcher's results/paper/<dataset>/ (benchmark.json, tables, PNGs)
     c.frepo = frepo_config(variant)
+    if variant != "smoke":  # the smoke generator (width 4) cannot load it
+        c.meta_checkpoint = distill_config.SHIPPED_META_CHECKPOINT
     # Method "pixel": the images learned directly with adapt.objective (SGD with momentum, as
     # DM's and DC's codes); learning_rate 0 = the objective's published one (dm 1.0, dc 0.1).
     c.pixel = ml_collections.ConfigDict(dict(learning_rate=0.0, momentum=0.5))

@@ -40,9 +40,10 @@ import ml_collections
 
 from mgdd_jax import krr
 
-# The meta generator shipped with the package (package data, parameters and generator config
-# only; docs/meta_generator.md says how it was made). Pass --meta_checkpoint= (empty) to
-# adapt a freshly initialised generator instead.
+# The v2 meta generator, shipped with the package (package data, parameters and generator
+# config only; docs/meta_generator.md says how it was made). Not the default start: over 3
+# distilled sets at α = 1e-3 it adapts no better than the fresh generator (issue 30,
+# docs/studies/start_controls.md). Pass --meta_checkpoint=<this path> to start from it.
 SHIPPED_META_CHECKPOINT = str(importlib.resources.files("mgdd_jax").joinpath("assets",
                                                                    "meta_generator"))
 
@@ -89,7 +90,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.reinit_seed = -1  # >= 0: generate from initial sets drawn with this seed (Tab. 5)
     c.out = ""
     c.overwrite = False  # replace an --out that already holds results
-    c.meta_checkpoint = SHIPPED_META_CHECKPOINT
+    # The default start is the fresh generator (exactly the identity at step 0) at the adaptation
+    # rate below: no learned start (v2, the start family searched on source tasks, Reptile by
+    # averaging) separated from it (docs/studies/start_controls.md). A checkpoint path starts
+    # from that generator instead.
+    c.meta_checkpoint = ""
 
     # Fig. 7 generator; image_channels is set from the data.
     c.generator = ml_collections.ConfigDict(
@@ -122,7 +127,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.feature.width = 128
         c.adapt.batch_size = 1024
     elif knobs["size"] == "smoke":
-        c.meta_checkpoint = ""  # the shipped meta generator is width 32; smoke is width 4
         c.generator.update(width=4, embed_dim=8, embed_channels=2)
         c.feature.width = 4
         c.labels.chunk_size = 256
