@@ -21,6 +21,8 @@ import tempfile
 
 from absl import app, flags
 
+from mgdd_jax.configs.distill import SHIPPED_META_CHECKPOINT
+
 REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "results", "smoke_fingerprints", "fingerprints.json")
 
@@ -30,7 +32,7 @@ RUNS: dict[str, list[str]] = {
     "smoke_fmnist_ipc1_10": ["--config=smoke", "--dataset=fashion_mnist", "--ipc=1,10"],
     "shipped_fmnist_ipc1_2steps": [
         "--config=size=cpu,eval=smoke", "--dataset=fashion_mnist", "--ipc=1", "--steps=2",
-        "--config.eval.enabled=False"],
+        "--config.eval.enabled=False", f"--meta_checkpoint={SHIPPED_META_CHECKPOINT}"],
 }
 
 flags.DEFINE_bool("write", False, "Record the reference instead of comparing against it.")
