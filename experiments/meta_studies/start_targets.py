@@ -55,9 +55,12 @@ def row(cells: dict | None) -> dict[str, list[float] | None]:
             for n in STEPS}
 
 
-def targets(merged: dict[int, dict], start_name: str, start_lr: float) -> dict:
+def targets(merged: dict[int, dict], start_name: str, start_lr: float,
+            ipcs: tuple[int, ...] = (1, 10, 50)) -> dict:
+    """Rows for every IPC of ``ipcs`` and of ``merged`` (an unmeasured IPC is all ``null``)."""
     out = {}
-    for ipc, starts in sorted(merged.items()):
+    for ipc in sorted(set(ipcs) | set(merged)):
+        starts = merged.get(ipc, {})
         fresh = starts.get("fresh", {})
         at100 = {lr: c["100"]["mean"] for lr, c in fresh.items() if "100" in c}
         best = max(at100, key=at100.get) if at100 else None
@@ -102,9 +105,8 @@ def markdown(table: dict) -> str:
                             ("fresh_best_alpha", t["best_alpha"])):
             cells = [f"{v[0]:.2f} ± {v[1]:.2f}" if v else "—" for v in t[name].values()]
             label = f"start ({t['start_name']})" if name == "start" else name
-            lines.append(f"| {ipc} | {label} | {alpha:g} | " + " | ".join(cells) + " |"
-                         if alpha is not None else f"| {ipc} | {label} | — | "
-                         + " | ".join(cells) + " |")
+            shown = f"{alpha:g}" if alpha is not None else "—"
+            lines.append(f"| {ipc} | {label} | {shown} | " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", *[f"- {v}" for v in verdicts(table)]]) + "\n"
 
 
@@ -119,7 +121,7 @@ def main(argv):
         for path in f.controls:
             with open(path) as fh:
                 tables.append(json.load(fh))
-        table = targets(merge(tables), name, float(lr))
+        table = targets(merge(tables), name, float(lr), tuple(int(i) for i in f.ipcs))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -131,5 +133,6 @@ def main(argv):
 if __name__ == "__main__":
     flags.DEFINE_list("controls", [], "start_controls controls.json files.")
     flags.DEFINE_string("start", "fresh@0.001", "The shipped start's name and α, NAME@ALPHA.")
+    flags.DEFINE_list("ipcs", ["1", "10", "50"], "IPCs the table always has (null if unmeasured).")
     flags.DEFINE_string("out", "results/meta_studies/start_targets.json", "Output JSON.")
     app.run(main)

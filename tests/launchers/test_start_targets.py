@@ -24,7 +24,10 @@ def test_rows_pick_the_old_default_the_best_alpha_at_100_and_the_start():
     merged = start_targets.merge([
         _controls(1, {"fresh": FRESH}),
         _controls(1, {"searched": {"0.001": {"100": (67.5, 0.5)}}})])
-    t = start_targets.targets(merged, "searched", 1e-3)
+    t = start_targets.targets(merged, "searched", 1e-3, ipcs=(1, 50))
+    assert list(t) == ["1", "50"]
+    assert t["50"]["start"] == dict.fromkeys(start_targets.STEPS) and t["50"]["best_alpha"] is None
+    t = start_targets.targets(merged, "searched", 1e-3, ipcs=())
     assert list(t) == ["1"]
     row = t["1"]
     assert row["fresh"] == {"50": None, "100": [57.0, 2.7], "200": None, "1000": [66.0, 1.0]}
@@ -57,5 +60,6 @@ def test_the_command_writes_json_and_markdown_and_refuses_a_bad_start(tmp_path):
     got = json.loads(out.read_text())
     assert got["10"]["start"]["100"] == [65.0, 1.3]
     assert (tmp_path / "targets.md").read_text().count("| 10 |") == 3
+    assert set(got) == {"1", "10", "50"} and got["50"]["fresh"]["100"] is None
     bad = subprocess.run([*cmd, "--start=fresh"], capture_output=True, text=True)
     assert bad.returncode == 2 and "NAME@ALPHA" in bad.stderr
