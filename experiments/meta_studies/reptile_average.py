@@ -51,9 +51,9 @@ def _prepare(config, dataset: str, seed: int, lr: float):
         return distill.prepare(config)
 
 
-def adapted_run(config, dataset: str, seed: int, omega0, lr: float, steps: int):
-    """ω_i: one complete Alg. 2 run from ``omega0`` (as the main job adapts, single init)."""
-    prep = _prepare(config, dataset, seed, lr)
+def adapted_run(prep, seed: int, omega0, steps: int):
+    """ω_i: one complete Alg. 2 run of the prepared job ``prep`` (its data and rate) from
+    ``omega0``, keyed by ``seed`` (as the main job adapts, single init)."""
     ds, fit = prep.dataset, prep.fit
     keys = api.job_keys(jax.random.key(seed))
     cfg = dataclasses.replace(fit.adapt, steps=steps, init_mode="single",
@@ -63,7 +63,7 @@ def adapted_run(config, dataset: str, seed: int, omega0, lr: float, steps: int):
                                          chunk_size=fit.label_chunk_size)
     res = adapt_lib.adapt(keys["adapt"], omega0, ds, label_model, fit.gen_config, cfg,
                           progress=False)
-    return res.params, fit.gen_config, ds.image_shape
+    return res.params
 
 
 def main(argv):
@@ -74,8 +74,7 @@ def main(argv):
         config = distill.config_from_flags()
         with open(f.search) as fh:
             best = json.load(fh)
-        core_seed, s, m, lr = (int(best["core_seed"]), best["best"]["scale"],
-                               best["best"]["multiplier"], best["best"]["learning_rate"])
+        _, core_seed, s, m, lr = start_controls.searched_start(f.search)
         if int(best["ipc"]) != int(config.ipc):
             raise ValueError(f"{f.search} was searched at IPC {best['ipc']}; run with "
                              f"--ipc={best['ipc']}")
@@ -88,24 +87,20 @@ def main(argv):
             raise ValueError("--runs must be >= 2 and --betas >= 0")
         out = outputs.check_resumable_out(config.out)
         tasks = start_search.make_tasks(f.task_dir, max(train_tasks + holdout) + 1, f.corpus)
-    omega0 = None
+    # the start, in this task family's image shape (run 0's job, reused by run 0)
+    first = _prepare(config, tasks[train_tasks[0]], f.seed_base, lr)
+    gen_config, image_shape = first.fit.gen_config, first.dataset.image_shape
+    omega0 = start_search.family_start(core_seed, image_shape, gen_config, s, m)
     adapted = []
     for i in range(f.runs):
         run_dir = os.path.join(out, "runs", f"run{i}")
         t = train_tasks[i % len(train_tasks)]
-        if omega0 is None:  # the start, in this task family's image shape
-            prep = _prepare(config, tasks[t], f.seed_base + i, lr)
-            core = start.random_core(jax.random.key(core_seed), prep.dataset.image_shape,
-                                     prep.fit.gen_config)
-            omega0 = start.make_start(core, prep.fit.gen_config, scale=s,
-                                      multipliers={b: m for b in start.BLOCKS})
-            gen_config, image_shape = prep.fit.gen_config, prep.dataset.image_shape
         if checkpoint.latest_step(run_dir) is not None:
             adapted.append(checkpoint.load_generator(run_dir, gen_config, image_shape)[0])
             continue
+        prep = first if i == 0 else _prepare(config, tasks[t], f.seed_base + i, lr)
         with cli.exit_on_failed_run(out):
-            params, _, _ = adapted_run(config, tasks[t], f.seed_base + i, omega0, lr,
-                                       f.reptile_steps)
+            params = adapted_run(prep, f.seed_base + i, omega0, f.reptile_steps)
         checkpoint.save_generator(run_dir, f.reptile_steps, params, gen_config,
                                   {"task": tasks[t], "seed": f.seed_base + i})
         adapted.append(params)
@@ -159,10 +154,7 @@ def main(argv):
             omega0, adapted, float(best_beta), mask=mask), gen_config,
             {"reptile": {k: result[k] for k in ("start", "runs", "reptile_steps", "best_beta",
                                                 "mask")}})
-    outputs.write_json(os.path.join(out, "reptile.json"), result)
-    outputs.write_text(os.path.join(out, "reptile.md"), markdown(result))
-    plot(result, os.path.join(out, "reptile.png"))
-    print(markdown(result), file=sys.stderr)
+    cli.write_summary(out, "reptile", result, markdown, plot)
 
 
 def markdown(result: dict) -> str:

@@ -38,6 +38,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli, distill
+from experiments.meta_studies import start_search
 from experiments.paper import adaptation_curve
 from mgdd_jax import checkpoint, outputs, start
 from mgdd_jax import generator as gen_lib
@@ -97,9 +98,8 @@ def starts_of(core_scales: list[float], v2_controls: bool, meta_checkpoint: str,
         found = {}
         if search_json:  # the searched start: the fixed core of the search, not the set's
             name, core_seed, s, m, _ = searched_start(search_json)
-            core = start.random_core(jax.random.key(core_seed), ds.image_shape, fit.gen_config)
-            found[name] = start.make_start(core, fit.gen_config, scale=s,
-                                           multipliers={b: m for b in start.BLOCKS})
+            found[name] = start_search.family_start(core_seed, ds.image_shape, fit.gen_config,
+                                                    s, m)
         if core_scales:
             core = start.random_core(keys["generator"], ds.image_shape, fit.gen_config)
             for s in core_scales:
@@ -133,23 +133,23 @@ def markdown(result: dict) -> str:
              f"complete runs, mean ± std across {result['sets']} distilled sets",
              "", "| start | α | " + " | ".join(str(s) for s in steps) + " |",
              "|---" * (len(steps) + 2) + "|"]
-    for start, by_lr in result["table"].items():
+    for start_name, by_lr in result["table"].items():
         for lr, t in by_lr.items():
             row = [f"{t[str(s)]['mean']:.2f} ± {t[str(s)]['std']:.2f}" if str(s) in t else ""
                    for s in steps]
-            lines.append(f"| {start} | {lr} | " + " | ".join(row) + " |")
+            lines.append(f"| {start_name} | {lr} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: str) -> None:
     plt = outputs.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for start, by_lr in result["table"].items():
+    for start_name, by_lr in result["table"].items():
         for lr, t in by_lr.items():
             steps = sorted(int(s) for s in t)
             ax.errorbar(steps, [t[str(s)]["mean"] for s in steps],
                         yerr=[t[str(s)]["std"] for s in steps], fmt="o-", capsize=3,
-                        label=f"{start}, α={lr}")
+                        label=f"{start_name}, α={lr}")
     outputs.finish_line_plot(
         fig, ax, path, xlabel="adaptation steps (complete runs)", ylabel="test accuracy (%)",
         title=f"{result['dataset']}, IPC {result['ipc']}, ± across {result['sets']} sets")
@@ -215,10 +215,7 @@ def main(argv):
               "base_seed": base_seed, "meta_checkpoint": config.meta_checkpoint,
               "table": summarise(cells)}
     # Each summary file is written atomically beside cells/ (the cells stay for reruns).
-    outputs.write_json(os.path.join(out, "controls.json"), result)
-    outputs.write_text(os.path.join(out, "controls.md"), markdown(result))
-    plot(result, os.path.join(out, "controls.png"))
-    print(markdown(result), file=sys.stderr)
+    cli.write_summary(out, "controls", result, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,14 @@ def make_tasks(task_dir: str, n_tasks: int, corpus_name: str = CORPUS) -> list[s
     return names
 
 
+def family_start(core_seed: int, image_shape: tuple[int, int, int], gen_config,
+                 s: float, m: float):
+    """The searched family's ω₀: core ``core_seed``, residual × ``s``, every block's kernel
+    × ``m`` (:func:`mgdd_jax.start.make_start`)."""
+    core = start.random_core(jax.random.key(core_seed), image_shape, gen_config)
+    return start.make_start(core, gen_config, scale=s, multipliers=dict.fromkeys(start.BLOCKS, m))
+
+
 def candidate_name(s: float, m: float, lr: float) -> str:
     return f"s{s:g}_m{m:g}_lr{lr:g}"
 
@@ -153,11 +161,9 @@ def main(argv):
                     prep = distill.prepare(config)
 
                 def extra(keys, ds, fit, missing=missing):
-                    core = start.random_core(jax.random.key(f.core_seed), ds.image_shape,
-                                             fit.gen_config)
-                    return {candidate_name(*g): start.make_start(
-                        core, fit.gen_config, scale=g[0],
-                        multipliers={b: g[1] for b in start.BLOCKS}) for g in missing}
+                    return {candidate_name(*g): family_start(f.core_seed, ds.image_shape,
+                                                             fit.gen_config, g[0], g[1])
+                            for g in missing}
 
                 with cli.exit_on_failed_run(out):
                     res = adaptation_curve.curve(prep, [f.search_steps], schedule="complete",
@@ -184,10 +190,7 @@ def main(argv):
                          for k, d in scores.items()},
               "best": {"name": candidate_name(*best), "scale": best[0], "multiplier": best[1],
                        "learning_rate": best[2]}}
-    outputs.write_json(os.path.join(out, "search.json"), result)
-    outputs.write_text(os.path.join(out, "search.md"), markdown(result))
-    plot(result, os.path.join(out, "search.png"))
-    print(markdown(result), file=sys.stderr)
+    cli.write_summary(out, "search", result, markdown, plot)
 
 
 def markdown(result: dict) -> str:
@@ -198,9 +201,10 @@ def markdown(result: dict) -> str:
              "| candidate | " + " | ".join(f"round {h['round']} ({h['tasks_seen']} tasks)"
                                            for h in result["rounds"]) + " |",
              "|---" * (len(result["rounds"]) + 1) + "|"]
-    order = sorted(result["grid"], key=lambda n: [-(n in h["candidates"])
-                                                  for h in result["rounds"]][::-1]
-                   + [-result["rounds"][0]["candidates"][n]])
+    # the rounds a candidate survived first (survival is nested), then its round-0 mean
+    order = sorted(result["grid"], key=lambda n: (
+        -sum(n in h["candidates"] for h in result["rounds"]),
+        -result["rounds"][0]["candidates"][n]))
     for name in order:
         cells = [f"{h['candidates'][name]:.2f}" if name in h["candidates"] else ""
                  for h in result["rounds"]]
@@ -212,12 +216,10 @@ def markdown(result: dict) -> str:
 def plot(result: dict, path: str) -> None:
     plt = outputs.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    first = result["rounds"][0]["candidates"]
     for name in result["grid"]:
         xs = [h["round"] for h in result["rounds"] if name in h["candidates"]]
         ys = [h["candidates"][name] for h in result["rounds"] if name in h["candidates"]]
         ax.plot(xs, ys, "o-", lw=1, ms=3, label=name if len(xs) > 1 else None)
-    del first
     ax.set_xticks(range(len(result["rounds"])))
     outputs.finish_line_plot(fig, ax, path, xlabel="halving round",
                              ylabel="mean task accuracy (%)",

@@ -26,6 +26,7 @@ import sys
 
 from absl import app, flags
 
+from experiments import cli
 from mgdd_jax import outputs
 
 STEPS = ("50", "100", "200", "1000")
@@ -113,7 +114,7 @@ def markdown(table: dict) -> str:
 def main(argv):
     del argv
     f = flags.FLAGS
-    try:
+    with cli.exit_on_bad_input():
         name, _, lr = f.start.partition("@")
         if not name or not lr:
             raise ValueError(f"--start must be NAME@ALPHA, e.g. fresh@0.001; got {f.start!r}")
@@ -122,9 +123,6 @@ def main(argv):
             with open(path) as fh:
                 tables.append(json.load(fh))
         table = targets(merge(tables), name, float(lr), tuple(int(i) for i in f.ipcs))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     outputs.write_json(f.out, table)
     outputs.write_text(os.path.splitext(f.out)[0] + ".md", markdown(table))
     print(markdown(table), file=sys.stderr)

@@ -34,6 +34,7 @@ from absl import app, flags
 from experiments import cli, distill
 from experiments.meta_studies import start_controls
 from experiments.paper import adaptation_curve
+from mgdd_jax import adapt as adapt_lib
 from mgdd_jax import outputs
 
 # factor -> {config path: value}, applied to the base config (module docstring)
@@ -136,14 +137,11 @@ def main(argv):
                 print(f"cell {name} set {r} done", file=sys.stderr, flush=True)
             with open(path) as fh:
                 per_set.setdefault(name, {})[r] = json.load(fh)["accuracy"]
-    ipc = int(str(config.ipc).split(",")[0])
+    ipc = adapt_lib.parse_ipcs(config.ipc)[0]
     result = {"dataset": config.dataset, "ipc": ipc, "steps": f.decomposition_steps,
               "sets": f.sets, "base_seed": base_seed, "factors": {n: FACTORS[n] for n in factors},
               "cells": summarise(per_set)}
-    outputs.write_json(os.path.join(out, "decomposition.json"), result)
-    outputs.write_text(os.path.join(out, "decomposition.md"), markdown(result))
-    plot(result, os.path.join(out, "decomposition.png"))
-    print(markdown(result), file=sys.stderr)
+    cli.write_summary(out, "decomposition", result, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,19 @@ def write_result(out: str, stem: str, result: dict[str, Any],
     print(f"wrote {out}/{stem}.json and {stem}.png", file=sys.stderr)
 
 
+def write_summary(out: str, stem: str, result: dict[str, Any],
+                  markdown: Callable[[dict[str, Any]], str],
+                  plot: Callable[[dict[str, Any], str], None]) -> None:
+    """A resumable study's ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` beside its cells in
+    ``out`` (each file atomically; ``out`` itself is kept, unlike :func:`write_result`), and
+    the table on stderr."""
+    table = markdown(result)
+    outputs.write_json(os.path.join(out, f"{stem}.json"), result)
+    outputs.write_text(os.path.join(out, f"{stem}.md"), table)
+    plot(result, os.path.join(out, f"{stem}.png"))
+    print(table, file=sys.stderr)
+
+
 def with_config_names(argv: list[str], config_file: str, flag: str = "config") -> list[str]:
     """``--config=NAME`` (a variant such as ``smoke`` or ``size=paper,eval=cpu``, no ``.py`` in
     it) -> ``--config=<config_file>:NAME``; a file path (``x.py`` or ``x.py:variant``) is kept.
